@@ -1,0 +1,137 @@
+# -*- test-case-name: tests.test_dispatch -*-
+"""
+From an authenticated HTTP request to a response value: parse the query,
+decode the body, pick the command handler. Every refusal is decided here
+(HTTP 400/501 or a protocol status), so that the web adapter only carries
+bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Mapping, Optional, Tuple
+
+import attrs
+from twisted.logger import Logger
+
+from .. import wbxml
+from .request import COMMANDS, VERSIONS, BadRequest, EASRequest, parseRequest
+
+WBXML_TYPE = "application/vnd.ms-sync.wbxml"
+
+log = Logger()
+
+
+@attrs.frozen
+class Response:
+    """
+    What to answer: an HTTP status, a body and extra headers.
+    """
+
+    code: int = 200
+    body: bytes = b""
+    contentType: Optional[str] = None
+    headers: Tuple[Tuple[str, str], ...] = ()
+
+
+def wbxmlResponse(tree: wbxml.Element) -> Response:
+    """
+    A 200 answer carrying C{tree} as WBXML.
+    """
+    return Response(200, wbxml.encode(tree), WBXML_TYPE)
+
+
+def errorResponse(code: int, message: str) -> Response:
+    """
+    An HTTP error with a one-line plain-text explanation.
+    """
+    return Response(code, message.encode("utf-8") + b"\n", "text/plain; charset=utf-8")
+
+
+Handler = Callable[[EASRequest, Optional[wbxml.Element], bytes], Awaitable[Response]]
+"""
+A command handler: the request, its decoded WBXML document (L{None} for an
+empty or non-WBXML body) and the raw body (for C{message/rfc822} bodies).
+"""
+
+
+@attrs.define
+class Dispatcher:
+    """
+    Routes requests to the command handlers registered for them.
+
+    @ivar handlers: command name -> handler; only these commands are
+        advertised in OPTIONS.
+    """
+
+    handlers: Mapping[str, Handler] = attrs.field(factory=dict)
+
+    @property
+    def versions(self) -> Tuple[str, ...]:
+        return VERSIONS
+
+    @property
+    def commands(self) -> Tuple[str, ...]:
+        """
+        The implemented commands, in the order MS-ASCMD lists them.
+        """
+        return tuple(c for c in COMMANDS if c in self.handlers)
+
+    def optionsHeaders(self) -> Tuple[Tuple[str, str], ...]:
+        return (
+            ("MS-ASProtocolVersions", ",".join(self.versions)),
+            ("MS-ASProtocolCommands", ",".join(self.commands)),
+        )
+
+    async def dispatch(
+        self,
+        query: bytes,
+        header: Callable[[str], Optional[str]],
+        user: str,
+        body: bytes,
+    ) -> Response:
+        """
+        Answer one POST from the authenticated C{user}.
+
+        @param query: the raw query string.
+        @param header: looks up a request header (C{None} if absent).
+        @param body: the request body, already decompressed.
+        """
+        try:
+            request = parseRequest(query, header, user)
+        except BadRequest as e:
+            log.warn("bad request from {user}: {reason}", user=user, reason=str(e))
+            return errorResponse(400, str(e))
+        handler = self.handlers.get(request.command)
+        if handler is None:
+            log.info(
+                "{user} device {device} asked for {command}, not implemented",
+                user=user,
+                device=request.deviceId,
+                command=request.command,
+            )
+            return errorResponse(501, f"{request.command} is not implemented")
+        document = None
+        contentType = (header("Content-Type") or "").split(";")[0].strip().lower()
+        if body and contentType == WBXML_TYPE:
+            try:
+                document = wbxml.decode(body)
+            except wbxml.DecodeError as e:
+                log.warn(
+                    "undecodable {command} body from {user} device {device}: {reason}",
+                    command=request.command,
+                    user=user,
+                    device=request.deviceId,
+                    reason=str(e),
+                )
+                return errorResponse(400, f"malformed WBXML: {e}")
+        return await handler(request, document, body)
+
+
+__all__ = [
+    "Dispatcher",
+    "Handler",
+    "Response",
+    "WBXML_TYPE",
+    "errorResponse",
+    "wbxmlResponse",
+]
