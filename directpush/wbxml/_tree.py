@@ -128,12 +128,20 @@ class Element:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Element):
             return NotImplemented
-        return (
-            self.ns == other.ns
-            and self.name == other.name
-            and self.value == other.value
-            and self.children == other.children
-        )
+        # Iterative, so that comparing deep trees never meets the
+        # recursion limit.
+        pairs = [(self, other)]
+        while pairs:
+            a, b = pairs.pop()
+            if (
+                a.ns != b.ns
+                or a.name != b.name
+                or a.value != b.value
+                or len(a.children) != len(b.children)
+            ):
+                return False
+            pairs.extend(zip(a.children, b.children))
+        return True
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Tests for L{directpush.tap}, L{directpush.certificate} and the twistd
+plugin.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+from typing import List
+
+from cryptography import x509
+from twisted.application.service import IServiceMaker
+from twisted.internet.defer import fail
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import capturedLogs
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from directpush import auth, certificate, tap
+
+from .util import assertProvides
+
+ROOT = FilePath(__file__).parent().parent()
+
+
+def options(*argv: str) -> tap.Options:
+    o = tap.Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{twistd directpush} options.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no options: ./directpush-data, DATA/users, no --listen (the
+        self-signed HTTPS default), the default body limit.
+        """
+        config = tap.configFromOptions(options())
+        self.assertEqual(config.data.path, os.path.abspath("directpush-data"))
+        self.assertEqual(config.users, config.data.child("users"))
+        self.assertEqual(config.listen, [])
+        self.assertEqual(config.maxBody, 32 * 1024 * 1024)
+
+    def test_listenRepeats(self) -> None:
+        """
+        --listen may be given several times.
+        """
+        config = tap.configFromOptions(options("--listen", "tcp:1", "-l", "tcp:2", "--users", "/u"))
+        self.assertEqual(config.listen, ["tcp:1", "tcp:2"])
+        self.assertEqual(config.users.path, "/u")
+
+    def test_badOptions(self) -> None:
+        """
+        Bad options are kept as one message for makeService to report.
+        """
+        for argv, words in [
+            (["--bogus"], "--bogus not recognized"),
+            (["--max-body", "x"], "whole number"),
+            (["--max-body", "10"], "at least 1024"),
+        ]:
+            e = self.assertRaises(tap.StartupError, tap.configFromOptions, options(*argv))
+            self.assertIn(words, str(e))
+
+    def test_helpDocumentsEverything(self) -> None:
+        """
+        Every option has help text.
+        """
+        text = str(tap.Options())
+        for name in ("--listen", "--data", "--users", "--max-body", "--hostname"):
+            self.assertIn(name, text)
+        self.assertIn("TLS-terminating proxy", text)
+
+
+class BuildServiceTests(SynchronousTestCase):
+    """
+    L{tap.buildService} on a MemoryReactor.
+    """
+
+    def setUp(self) -> None:
+        self.data = FilePath(self.mktemp())
+        self.reactor = MemoryReactor()
+
+    def build(self, *argv: str):
+        config = tap.configFromOptions(options("--data", self.data.path, "--hostname", "mail.test", *argv))
+        with capturedLogs() as events:
+            service = tap.buildService(config, self.reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service, events
+
+    def test_firstStart(self) -> None:
+        """
+        A first start makes the data directory (private), a users file with
+        'demo' whose password is logged once, and a self-signed certificate
+        for HTTPS on 8443, its fingerprint logged.
+        """
+        _, events = self.build()
+        self.assertEqual(self.data.getPermissions().shorthand(), "rwx------")
+        [created] = [e for e in events if "password" in e]
+        users = auth.parsePasswd(self.data.child("users").getContent().decode())
+        self.assertTrue(auth.verifyPassword(created["password"], users["demo"]))
+        [(port, site, context, _, interface)] = self.reactor.sslServers
+        self.assertEqual((port, interface), (8443, ""))
+        cert = self.data.child("tls").child("cert.pem").getContent()
+        [logged] = [e["fingerprint"] for e in events if "fingerprint" in e]
+        self.assertEqual(logged, certificate.fingerprint(cert))
+        self.assertEqual(self.data.child("tls").child("key.pem").getPermissions().shorthand(), "rw-------")
+
+        # A second start keeps users and certificate and logs no password.
+        _, events = self.build()
+        self.assertFalse([e for e in events if "password" in e])
+        self.assertEqual(self.data.child("tls").child("cert.pem").getContent(), cert)
+        self.assertEqual(auth.parsePasswd(self.data.child("users").getContent().decode()), users)
+
+    def test_certificateNames(self) -> None:
+        """
+        The certificate names localhost, 127.0.0.1, ::1 and the host name.
+        """
+        self.build()
+        cert = x509.load_pem_x509_certificate(self.data.child("tls").child("cert.pem").getContent())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["localhost", "mail.test"])
+        self.assertEqual(
+            [str(a) for a in san.get_values_for_type(x509.IPAddress)], ["127.0.0.1", "::1"]
+        )
+
+    def test_listen(self) -> None:
+        """
+        Explicit endpoints replace the default; no certificate is made.
+        """
+        self.build("--listen", "tcp:8080:interface=127.0.0.1", "--listen", "tcp:8081")
+        self.assertEqual(
+            [(p, i) for p, _, _, i in self.reactor.tcpServers], [(8080, "127.0.0.1"), (8081, "")]
+        )
+        self.assertEqual(self.reactor.sslServers, [])
+        self.assertFalse(self.data.child("tls").exists())
+
+    def test_badEndpoint(self) -> None:
+        """
+        Unknown endpoint types and unreadable certificates are one-line
+        startup errors.
+        """
+        for listen, words in [
+            ("nonsense:1", "Unknown endpoint type"),
+            ("ssl:8443:privateKey=/nonexistent/key.pem", "No such file"),
+        ]:
+            e = self.assertRaises(tap.StartupError, self.build, "--listen", listen)
+            self.assertIn(words, str(e))
+
+    def test_listenFailure(self) -> None:
+        """
+        A port that cannot be had stops startup with one line, not a
+        traceback.
+        """
+
+        class Refusing:
+            def listen(self, factory):
+                return fail(CannotListenError("127.0.0.1", 1, OSError("in use")))
+
+        service = tap.ListenService("tcp:1", Refusing(), None)
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        e = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(e.code, 1)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("cannot listen on tcp:1", stderr.getvalue())
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    The twistd plugin.
+    """
+
+    def test_discovered(self) -> None:
+        """
+        twistd finds 'directpush', a lazy ServiceMaker.
+        """
+        [plugin] = [p for p in getPlugins(IServiceMaker) if p.tapname == "directpush"]
+        assertProvides(self, IServiceMaker, plugin)
+        assertProvides(self, IPlugin, plugin)
+        self.assertIsInstance(plugin.options(), tap.Options)
+
+    def test_noInitInPlugins(self) -> None:
+        """
+        twisted/ and twisted/plugins/ carry no __init__.py, which would
+        shadow Twisted's own.
+        """
+        self.assertFalse(ROOT.descendant(["twisted", "__init__.py"]).exists())
+        self.assertFalse(ROOT.descendant(["twisted", "plugins", "__init__.py"]).exists())
+
+
+class TwistdProcessTests(SynchronousTestCase):
+    """
+    C{twistd directpush} as a real process: startup failures are one line
+    and a non-zero exit.
+    """
+
+    def twistd(self, *argv: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONPATH=ROOT.path)
+        return subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "--logfile=-", "directpush", "--data", self.mktemp(), *argv],
+            capture_output=True, text=True, timeout=60, env=env, cwd=ROOT.path,
+        )
+
+    def assertOneLine(self, result: subprocess.CompletedProcess, words: str) -> None:
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertNotIn("Traceback", output)
+        lines: List[str] = [line for line in output.splitlines() if words in line]
+        self.assertEqual(len(lines), 1, output)
+
+    def test_badOption(self) -> None:
+        """
+        An unknown option.
+        """
+        self.assertOneLine(self.twistd("--bogus"), "--bogus not recognized")
+
+    def test_unreadableCertificate(self) -> None:
+        """
+        A certificate file that is not there.
+        """
+        self.assertOneLine(self.twistd("--listen", "ssl:0:privateKey=/nonexistent.pem"), "No such file")
+
+    def test_portInUse(self) -> None:
+        """
+        A port another socket holds.
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        self.assertOneLine(
+            self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1"), "Address already in use"
+        )
