@@ -211,7 +211,7 @@ class TwistdProcessTests(SynchronousTestCase):
         env = dict(os.environ, PYTHONPATH=ROOT.path)
         return subprocess.run(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
-             "--pidfile=", "--logfile=-", "directpush", "--data", self.mktemp(), *argv],
+             "--pidfile=", "--logfile=-", "directpush", "--data", os.path.abspath(self.mktemp()), *argv],
             capture_output=True, text=True, timeout=60, env=env, cwd=ROOT.path,
         )
 

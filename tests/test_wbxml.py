@@ -252,6 +252,12 @@ class EncodeErrorTests(SynchronousTestCase):
         """
         self.assertRaises(EncodeError, encode, E("Ping:Status", "a\x00b"))
 
+    def test_surrogate(self) -> None:
+        """
+        Text that UTF-8 cannot carry (a lone surrogate).
+        """
+        self.assertRaises(EncodeError, encode, E("Ping:Status", "\ud800"))
+
     def test_mixed(self) -> None:
         """
         Value and children together (built behind the builder's back).
@@ -358,6 +364,15 @@ class XMLTests(SynchronousTestCase):
             "<Data>a &lt; b &amp; c</Data></Body>"
             '<ConversationId xmlns="Email2:">AQI=</ConversationId></ApplicationData>',
         )
+        self.assertEqual(fromXML(toXML(tree)), tree)
+
+    def test_carriageReturns(self) -> None:
+        """
+        CR LF in mail text survives the XML form (a raw CR would be read
+        back as LF).
+        """
+        tree = E("AirSyncBase:Data", "a\r\nb\rc")
+        self.assertIn("a&#13;\nb&#13;c", toXML(tree))
         self.assertEqual(fromXML(toXML(tree)), tree)
 
     def test_libwbxmlNames(self) -> None:

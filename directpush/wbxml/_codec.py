@@ -247,7 +247,10 @@ def encode(root: Element) -> bytes:
             if children:
                 raise EncodeError(f"{el.qname} has both a value and children")
             if isinstance(value, str):
-                raw = value.encode("utf-8")
+                try:
+                    raw = value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise EncodeError(f"{el.qname}: text is not valid Unicode") from None
                 if b"\x00" in raw:
                     raise EncodeError(f"{el.qname}: text may not contain NUL")
                 out.append(STR_I)

@@ -28,7 +28,10 @@ class XMLError(WBXMLError):
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # A raw CR would come back as LF (XML normalises line ends), and mail
+    # bodies are full of CR LF: write it as a character reference.
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\r", "&#13;")
 
 
 def toXML(root: Element, indent: bool = False, libwbxmlNames: bool = False) -> str:
