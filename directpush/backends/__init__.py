@@ -1,0 +1,3 @@
+"""
+Mailbox backends: maildir, the IMAP bridge, and memory (tests, reference).
+"""

@@ -1,0 +1,3 @@
+"""
+Device and sync state stores: SQLite (embedded default), memory (tests).
+"""
