@@ -16,7 +16,7 @@ import attrs
 from twisted.application import service
 from twisted.cred.portal import Portal
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -26,7 +26,12 @@ from twisted.python.threadpool import ThreadPool
 from twisted.internet.threads import deferToThreadPool
 
 from . import auth, certificate, web
-from .protocol.dispatch import Dispatcher
+from .backends.maildir import MaildirBackend
+from .directory import PasswdDirectory
+from .protocol.commands import makeDispatcher
+from .protocol.core import Policy, Services
+from .state.sqlite import SQLiteStateStore
+from .submit import Submission, endpointFromString
 
 log = Logger()
 
@@ -70,6 +75,62 @@ class Options(usage.Options):
             "Host name written into the self-signed certificate "
             "(default: this machine's name).",
         ],
+        [
+            "mail-root",
+            None,
+            None,
+            "Where users' maildirs are: a directory holding one maildir per "
+            "user (default DATA/mail), or an absolute Dovecot-style pattern "
+            "such as /var/vmail/%d/%n/Maildir (%u user, %n local part, %d domain).",
+        ],
+        [
+            "domain",
+            None,
+            None,
+            "Mail domain of users whose names are not e-mail addresses "
+            "(alice -> alice@DOMAIN).",
+        ],
+        [
+            "policy",
+            None,
+            "permissive",
+            "Device policy: 'permissive' (devices provision, nothing is "
+            "enforced) or 'none' (no provisioning asked).",
+        ],
+        [
+            "smtp",
+            None,
+            None,
+            "Smarthost for mail to non-local recipients, as tls:HOST:465 "
+            "(implicit TLS) or tcp:HOST:587 (STARTTLS required; plaintext only "
+            "to loopback). Certificates are verified. Without it, only local "
+            "users can be written to.",
+        ],
+        [
+            "smtp-ca-file",
+            None,
+            None,
+            "PEM file of the certificate authorities trusted for --smtp.",
+        ],
+        [
+            "smtp-user",
+            None,
+            None,
+            "User name for SMTP AUTH at the smarthost (with --smtp-password-file).",
+        ],
+        [
+            "smtp-password-file",
+            None,
+            None,
+            "File whose first line is the SMTP AUTH password.",
+        ],
+    ]
+    optFlags = [
+        [
+            "smtp-allow-plaintext",
+            None,
+            "Allow a tcp: smarthost that is not on loopback (STARTTLS is still required).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -78,13 +139,7 @@ class Options(usage.Options):
         self._error: Optional[str] = None
 
     def opt_listen(self, description: str) -> None:
-        """
-        Where to listen, as a Twisted endpoint string; repeat for several.
-        TLS with your certificate:
-        ssl:443:privateKey=key.pem:certKey=cert.pem. Plain tcp:PORT only
-        behind a TLS-terminating proxy (passwords travel in every request).
-        Default: ssl:8443 with a self-signed certificate.
-        """
+        """Where to listen, as a Twisted endpoint string; repeat for several. TLS with your certificate: ssl:443:privateKey=key.pem:certKey=cert.pem. Plain tcp:PORT only behind a TLS-terminating proxy (passwords travel in every request). Default: ssl:8443 with a self-signed certificate."""  # noqa: E501 (usage prints it as is)
         self["listen"].append(description)
 
     opt_l = opt_listen
@@ -105,6 +160,12 @@ class Options(usage.Options):
         if maxBody < 1024:
             raise usage.UsageError("--max-body must be at least 1024 bytes")
         self["max-body"] = maxBody
+        try:
+            self["policy"] = Policy(self["policy"])
+        except ValueError:
+            raise usage.UsageError("--policy must be 'permissive' or 'none'")
+        if bool(self["smtp-user"]) != bool(self["smtp-password-file"]):
+            raise usage.UsageError("--smtp-user and --smtp-password-file go together")
 
 
 @attrs.frozen
@@ -118,6 +179,14 @@ class Config:
     listen: List[str]
     maxBody: int
     hostname: str
+    mailRoot: str = ""
+    domain: Optional[str] = None
+    policy: Policy = Policy.PERMISSIVE
+    smtp: Optional[str] = None
+    smtpCAFile: Optional[str] = None
+    smtpUser: Optional[str] = None
+    smtpPasswordFile: Optional[str] = None
+    smtpAllowPlaintext: bool = False
 
 
 class StartupError(Exception):
@@ -131,12 +200,23 @@ def configFromOptions(options: Options) -> Config:
         raise StartupError(options._error)
     data = FilePath(os.path.abspath(options["data"]))
     users = FilePath(os.path.abspath(options["users"])) if options["users"] else data.child("users")
+    mailRoot = options["mail-root"] or data.child("mail").path
+    if "%" not in mailRoot:
+        mailRoot = os.path.abspath(mailRoot)
     return Config(
         data=data,
         users=users,
         listen=list(options["listen"]),
         maxBody=options["max-body"],
         hostname=options["hostname"] or socket.gethostname(),
+        mailRoot=mailRoot,
+        domain=options["domain"],
+        policy=options["policy"],
+        smtp=options["smtp"],
+        smtpCAFile=options["smtp-ca-file"],
+        smtpUser=options["smtp-user"],
+        smtpPasswordFile=options["smtp-password-file"],
+        smtpAllowPlaintext=bool(options["smtp-allow-plaintext"]),
     )
 
 
@@ -228,14 +308,46 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
 
     top = service.MultiService()
     pool = ThreadPool(minthreads=1, maxthreads=4, name="directpush-blocking")
-    poolService = _ThreadPoolService(pool)
-    poolService.setServiceParent(top)
+    _ThreadPoolService(pool).setServiceParent(top)
+    # One thread for the state store keeps its writes in the order given.
+    statePool = ThreadPool(minthreads=1, maxthreads=1, name="directpush-state")
+    _ThreadPoolService(statePool).setServiceParent(top)
 
     def runBlocking(f: Any) -> "Deferred[Any]":
         return deferToThreadPool(reactor, pool, f)
 
-    dispatcher = Dispatcher()
-    checker = auth.PasswdChecker(auth.PasswdFile(config.users), runBlocking, reactor)
+    def runState(f: Any) -> "Deferred[Any]":
+        return deferToThreadPool(reactor, statePool, f)
+
+    try:
+        backend = MaildirBackend(config.mailRoot, runBlocking, reactor)
+    except ValueError as e:
+        raise StartupError(f"bad --mail-root: {e}") from None
+    databasePath = config.data.child("state.sqlite")
+    # Before the reactor runs, blocking is fine: open the database once here
+    # so that a bad file stops startup with one line, not the first request.
+    probe = SQLiteStateStore(databasePath, _runNow)
+    opened: List[Any] = []
+    probe.open().addBoth(opened.append)
+    probe.close()
+    if isinstance(opened[0], Failure):
+        raise StartupError(f"cannot open the state database {databasePath.path}: {opened[0].getErrorMessage()}")
+    store = SQLiteStateStore(databasePath, runState)
+    _Closing(store).setServiceParent(top)
+    passwd = auth.PasswdFile(config.users)
+    directory = PasswdDirectory(auth.PasswdFile(config.users), runBlocking, config.domain)
+    submission = Submission(directory, backend, *_smarthost(config, reactor))
+    services = Services(
+        backend,
+        store,
+        reactor,
+        submission=submission,
+        directory=directory,
+        policy=config.policy,
+        domain=config.domain,
+    )
+    dispatcher = makeDispatcher(services)
+    checker = auth.PasswdChecker(passwd, runBlocking, reactor)
     portal = Portal(auth.Realm(web.makeUserResource(dispatcher, config.maxBody)), [checker])
     site = web.buildSite(portal, reactor, maxBody=config.maxBody)
 
@@ -250,9 +362,54 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
     return top
 
 
+def _smarthost(config: Config, reactor: Any) -> tuple:
+    """
+    The Submission arguments after C{directory, backend}: endpoint,
+    clock, HELO name, credentials, TLS requirement and mode.
+    """
+    if config.smtp is None:
+        return (None, reactor, config.hostname)
+    try:
+        endpoint, mode = endpointFromString(
+            reactor, config.smtp, config.smtpAllowPlaintext, config.smtpCAFile
+        )
+    except (ValueError, OSError) as e:
+        raise StartupError(f"bad --smtp: {_describe(e)}") from None
+    credentials = None
+    if config.smtpUser and config.smtpPasswordFile:
+        try:
+            with open(config.smtpPasswordFile, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise StartupError(f"cannot read --smtp-password-file: {e}") from None
+        user = config.smtpUser
+        credentials = lambda: (user, password)  # noqa: E731
+    return (endpoint, reactor, config.hostname, credentials, mode.required, mode)
+
+
 def _describe(e: BaseException) -> str:
     text = str(e) or e.__class__.__name__
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def _runNow(f: Any) -> "Deferred[Any]":
+    try:
+        return succeed(f())
+    except Exception:
+        return fail()
+
+
+@attrs.define
+class _Closing(service.Service):
+    """
+    Closes the state store when the server stops.
+    """
+
+    _store: SQLiteStateStore
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        return self._store.close()
 
 
 @attrs.define

@@ -74,7 +74,16 @@ class TLSEndToEndTests(TestCase):
         self.assertEqual(
             headers.getRawHeaders(b"MS-ASProtocolVersions"), [b"12.1,14.0,14.1,16.0,16.1"]
         )
-        self.assertEqual(headers.getRawHeaders(b"MS-ASProtocolCommands"), [b""])
+        [commands] = headers.getRawHeaders(b"MS-ASProtocolCommands")
+        self.assertEqual(
+            commands.split(b","),
+            [
+                b"Sync", b"SendMail", b"SmartForward", b"SmartReply", b"GetAttachment",
+                b"FolderSync", b"FolderCreate", b"FolderDelete", b"FolderUpdate",
+                b"MoveItems", b"GetItemEstimate", b"Search", b"Settings",
+                b"ItemOperations", b"Provision", b"ResolveRecipients", b"Find",
+            ],
+        )
 
     async def test_unauthorized(self) -> None:
         """

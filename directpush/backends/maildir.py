@@ -1,0 +1,1246 @@
+# -*- test-case-name: tests.test_backend_maildir -*-
+"""
+Mailboxes in Maildir++ directories, the layout Dovecot and Courier use.
+
+One user's maildir is a directory whose own C{cur/ new/ tmp/} hold the
+Inbox; every other folder is a sibling directory named after its path,
+components joined and prefixed by C{.} (C{.Sent}, C{.Archive.2024};
+children of the Inbox live under C{.INBOX.}). Names are stored in
+modified UTF-7 (RFC 3501 5.1.3), as Dovecot stores them, so that an
+existing Dovecot maildir is served as it is and Dovecot serves ours.
+
+Two small files of our own keep ids stable; Dovecot's files
+(C{dovecot-uidlist}, C{dovecot.index*}, C{subscriptions}, ...) are never
+written:
+
+  - C{directpush-folders} in the maildir root, JSON::
+
+      {"version": 1, "next": 8,
+       "folders": {".Drafts": "2", ".Sent": "3", ...},
+       "roles": {"DRAFTS": "2", "SENT": "3", "DELETED": "4", "OUTBOX": "5"}}
+
+    maps each folder directory to its id (the Inbox is always C{"1"}),
+    and records which folders play the special roles. It is rewritten
+    atomically (temporary file, fsync, rename) on every change.
+
+  - C{directpush-uidlist} in each folder directory, text, like Dovecot's
+    own list::
+
+      directpush-uidlist 1 V1700000000 N43
+      41 1700000000.M1P2.host
+      42 1700000123.M20Q3R9f2c4a1b.host,S=2201
+
+    a header with the uid validity and the next uid, then one C{uid
+    basename} line per message, where the basename is the maildir file
+    name before C{:}. New messages are appended (fsynced); lines of
+    messages that went away are dropped by an atomic rewrite once there
+    are enough of them. A later line for the same basename wins. Uids
+    are never reused: the next uid is above every uid the file ever
+    held.
+
+A message's uid belongs to its basename, so flag changes (which rename
+the file to another C{:2,} suffix, here or in any other maildir reader)
+keep it. Listings scan C{cur/} and C{new/} with L{os.scandir}, never
+reading messages; they are cached per folder and only redone when a
+directory's modification time changed (or is too recent to be trusted).
+
+All file system work runs through the injected C{runBlocking}, under a
+per-mailbox lock, so the reactor thread never blocks and concurrent
+requests for one mailbox never interleave their writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import secrets
+import shutil
+import socket
+import stat
+import threading
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from ..interfaces import IChangeNotifier, IMailbox, IMailboxBackend
+from ..model import (
+    Flag,
+    Folder,
+    FolderChange,
+    FolderExists,
+    FolderType,
+    InvalidFolderName,
+    MessageInfo,
+    NoSuchFolder,
+    NoSuchMessage,
+    SpecialFolder,
+)
+from ..notify import LocalNotifier
+
+__all__ = [
+    "MaildirBackend",
+    "MaildirMailbox",
+    "UnsafeUserName",
+    "decodeMailboxName",
+    "encodeMailboxName",
+]
+
+log = Logger()
+
+T = TypeVar("T")
+RunBlocking = Callable[[Callable[[], T]], "Deferred[T]"]
+
+#: Our files; any other file in a maildir is left alone.
+FOLDERS_FILE = "directpush-folders"
+UIDLIST_FILE = "directpush-uidlist"
+_UIDLIST_MAGIC = "directpush-uidlist"
+
+#: The Inbox is the maildir root; its id never changes.
+INBOX_ID = "1"
+
+#: Longest folder name accepted, in characters (as the memory backend).
+MAX_NAME = 200
+#: Longest directory name most file systems take, in bytes.
+_NAME_MAX = 255
+
+#: A directory modified less than this long before a scan may change
+#: again within the same timestamp tick, so its mtime cannot prove that
+#: nothing changed since (Dovecot reasons the same way).
+SETTLE_SECONDS = 2.0
+
+#: Rewrite a uid list when it holds this many lines of vanished messages
+#: (or more than half as many as live ones, whichever is larger).
+_STALE_LINES = 64
+
+#: Indirection so tests can count directory scans.
+_scandir = os.scandir
+
+_LETTERS = {flag.value: flag for flag in Flag}
+
+
+class UnsafeUserName(ValueError):
+    """
+    The user name cannot be turned into a maildir path safely.
+    """
+
+
+# Modified UTF-7 (RFC 3501 section 5.1.3)
+
+
+def encodeMailboxName(name: str) -> str:
+    """
+    C{name} in modified UTF-7: printable ASCII stays (C{&} becomes
+    C{&-}), every other run becomes C{&<base64 of UTF-16BE, "," for
+    "/">-}.
+    """
+    out: List[str] = []
+    pending: List[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = "".join(pending).encode("utf-16-be")
+            encoded = base64.b64encode(data).rstrip(b"=").replace(b"/", b",")
+            out.append("&" + encoded.decode("ascii") + "-")
+            del pending[:]
+
+    for c in name:
+        if " " <= c <= "~":
+            flush()
+            out.append("&-" if c == "&" else c)
+        else:
+            pending.append(c)
+    flush()
+    return "".join(out)
+
+
+def decodeMailboxName(encoded: str) -> str:
+    """
+    The name modified UTF-7 C{encoded} stands for.
+
+    @raise ValueError: if C{encoded} is not modified UTF-7.
+    """
+    out: List[str] = []
+    i = 0
+    while i < len(encoded):
+        c = encoded[i]
+        if c != "&":
+            if not " " <= c <= "~":
+                raise ValueError(f"not modified UTF-7: {encoded!r}")
+            out.append(c)
+            i += 1
+            continue
+        end = encoded.find("-", i + 1)
+        if end < 0:
+            raise ValueError(f"unterminated modified UTF-7: {encoded!r}")
+        chunk = encoded[i + 1 : end]
+        if not chunk:
+            out.append("&")
+        else:
+            b64 = chunk.replace(",", "/")
+            data = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+            if len(data) % 2:
+                raise ValueError(f"odd UTF-16 length in {encoded!r}")
+            # strict: a lone surrogate raises UnicodeDecodeError, a ValueError
+            out.append(data.decode("utf-16-be"))
+        i = end + 1
+    return "".join(out)
+
+
+# Small file helpers (all blocking; call inside runBlocking)
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsyncDirectory(path: str) -> None:
+    """
+    Make a rename or creation in C{path} durable.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writeAtomically(path: str, data: bytes, tmpDir: str) -> None:
+    """
+    Replace C{path} with C{data}: readers see the old file or the new one,
+    never a part. C{tmpDir} is on the same file system (a maildir's
+    C{tmp/}, whose stale files maildir readers clean up).
+    """
+    tmp = os.path.join(tmpDir, f"{os.path.basename(path)}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            _writeAll(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsyncDirectory(os.path.dirname(path))
+
+
+def _makeMaildir(path: str, subfolder: bool) -> None:
+    """
+    Create the maildir C{path} (and its cur/new/tmp) where missing.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for sub in ("cur", "new", "tmp"):
+        try:
+            os.mkdir(os.path.join(path, sub), 0o700)
+        except FileExistsError:
+            pass
+    if subfolder:
+        # Maildir++: tells delivery agents this is a folder, not a root.
+        marker = os.path.join(path, "maildirfolder")
+        if not os.path.exists(marker):
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _flagsOf(filename: str) -> FrozenSet[Flag]:
+    _, _, info = filename.partition(":")
+    if not info.startswith("2,"):
+        return frozenset()
+    return frozenset(_LETTERS[c] for c in info[2:] if c in _LETTERS)
+
+
+def _withFlags(basename: str, oldFilename: Optional[str], flags: Iterable[Flag]) -> str:
+    """
+    The C{cur/} file name for C{basename} with C{flags}, keeping letters
+    we do not model (Dovecot keywords a-z, P for passed).
+    """
+    kept = ""
+    if oldFilename is not None:
+        _, _, info = oldFilename.partition(":")
+        if info.startswith("2,"):
+            kept = "".join(c for c in info[2:] if c not in _LETTERS)
+    letters = sorted(set(kept) | {flag.value for flag in flags})
+    return basename + ":2," + "".join(letters)
+
+
+def _toNanoseconds(seconds: float) -> int:
+    # Split first: a float product near 1.7e18 is only good to 256 ns.
+    whole = int(seconds // 1)
+    return whole * 1_000_000_000 + round((seconds - whole) * 1e9)
+
+
+def _toSeconds(nanoseconds: int) -> float:
+    whole, fraction = divmod(nanoseconds, 1_000_000_000)
+    return whole + fraction / 1e9
+
+
+def _hostname() -> str:
+    # maildir(5): escape "/" and ":" in the host part; "," separates
+    # Dovecot's S=/W= fields, so escape it too.
+    host = socket.gethostname() or "localhost"
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+# Mailbox internals
+
+
+@attrs.define
+class _Entry:
+    """
+    One message file as last seen.
+
+    @ivar sub: C{"cur"} or C{"new"}.
+    @ivar filename: the file's name in C{sub}.
+    """
+
+    uid: int
+    sub: str
+    filename: str
+    received: float
+    size: int
+    info: Optional[MessageInfo] = None
+
+    def messageInfo(self) -> MessageInfo:
+        if self.info is None:
+            self.info = MessageInfo(str(self.uid), _flagsOf(self.filename), self.received, self.size)
+        return self.info
+
+
+@attrs.define
+class _FolderState:
+    """
+    What we know of one folder's messages: the uid list, and the files as
+    of the last scan.
+
+    @ivar entries: basename to entry, in uid order (uids only grow, and
+        entries are only ever appended), so a listing needs no sort.
+    @ivar pending: uids read from the uid list, for the first scan.
+    @ivar fileLines: uid lines in the uid list file (live and stale).
+    @ivar mtimes: C{cur/} and C{new/} mtimes (ns) at the last scan.
+    @ivar settled: whether those mtimes were old enough, when scanned, to
+        prove nothing changed while they stay the same.
+    @ivar hasNew: whether some message may still be in C{new/}.
+    """
+
+    dirname: str
+    uidValidity: int = 0
+    nextUid: int = 1
+    entries: Dict[str, _Entry] = attrs.Factory(dict)
+    byUid: Dict[int, str] = attrs.Factory(dict)
+    pending: Optional[Dict[str, int]] = None
+    fileLines: int = 0
+    fileExists: bool = False
+    mtimes: Optional[Tuple[int, int]] = None
+    settled: bool = False
+    hasNew: bool = False
+    listing: Optional[List[MessageInfo]] = None
+
+
+@attrs.frozen
+class _Role:
+    key: str
+    type: FolderType
+    default: str
+    names: Tuple[str, ...]
+
+
+#: The folders a mailbox gets when missing, and the names by which
+#: existing ones are recognised (case-insensitively, first match wins).
+_ROLES = (
+    _Role("DRAFTS", FolderType.DRAFTS, "Drafts", ("Drafts",)),
+    _Role("SENT", FolderType.SENT, "Sent", ("Sent", "Sent Items", "Sent Messages")),
+    _Role("DELETED", FolderType.DELETED, "Trash", ("Trash", "Deleted Items", "Deleted Messages")),
+    _Role("OUTBOX", FolderType.OUTBOX, "Outbox", ("Outbox",)),
+)
+#: Junk has no EAS type: a plain mail folder, created with a new mailbox
+#: only (a user who deletes it does not get it back).
+_JUNK = _Role("JUNK", FolderType.MAIL, "Junk", ("Junk", "Spam", "Junk E-mail"))
+
+
+def _parseDirname(dirname: str) -> Optional[Tuple[Optional[str], str]]:
+    """
+    The parent directory name (C{""} for the Inbox, L{None} for top
+    level) and the on-disk last component of folder directory
+    C{dirname}, or L{None} if C{dirname} is not a folder.
+    """
+    if not dirname.startswith(".") or len(dirname) < 2:
+        return None
+    components = dirname[1:].split(".")
+    if any(not c for c in components):
+        return None
+    if components[0].upper() == "INBOX":
+        if len(components) == 1:
+            # Only the namespace of the Inbox's children, not a folder.
+            return None
+        parent: Optional[str] = "" if len(components) == 2 else dirname.rsplit(".", 1)[0]
+    else:
+        parent = None if len(components) == 1 else dirname.rsplit(".", 1)[0]
+    return parent, components[-1]
+
+
+def _displayName(component: str) -> str:
+    try:
+        return decodeMailboxName(component)
+    except ValueError:
+        # Dovecot configured for raw UTF-8 names, or a stray directory:
+        # show it as it is rather than hide it.
+        return component
+
+
+def _childDirname(parentDirname: Optional[str], name: str) -> str:
+    encoded = encodeMailboxName(name)
+    if parentDirname is None:
+        return "." + encoded
+    if parentDirname == "":
+        return ".INBOX." + encoded
+    return parentDirname + "." + encoded
+
+
+def _checkName(name: str) -> None:
+    if (
+        not name
+        or len(name) > MAX_NAME
+        or name.strip() != name
+        or any(c in "/." or c < " " or c == "\x7f" for c in name)
+    ):
+        raise InvalidFolderName(name)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidFolderName(name) from None
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """
+    One user's Maildir++ tree.
+
+    Every C{_do*} method blocks and must run through C{runBlocking} with
+    C{_lock} held; public methods arrange that and announce changes from
+    the reactor thread.
+    """
+
+    def __init__(self, user: str, path: str, backend: "MaildirBackend") -> None:
+        self.user = user
+        self._path = path
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._opened = False
+        # folder directory name ("" for the Inbox) <-> id
+        self._ids: Dict[str, str] = {}
+        self._dirs: Dict[str, str] = {}
+        self._roles: Dict[str, str] = {}
+        self._nextId = 2
+        self._states: Dict[str, _FolderState] = {}
+
+    # plumbing
+
+    def _run(self, f: Callable[[], T]) -> "Deferred[T]":
+        def locked() -> T:
+            with self._lock:
+                self._doOpen()
+                return f()
+
+        return self._backend._runBlocking(locked)
+
+    def _announce(self, folderIds: Iterable[str]) -> None:
+        ids = frozenset(folderIds)
+        if ids:
+            self._backend.notifier.announce(FolderChange(self.user, ids))
+
+    def _dirPath(self, dirname: str) -> str:
+        return os.path.join(self._path, dirname) if dirname else self._path
+
+    # folder map
+
+    def _doOpen(self) -> None:
+        if self._opened:
+            return
+        fresh = not os.path.exists(os.path.join(self._path, FOLDERS_FILE))
+        _makeMaildir(self._path, subfolder=False)
+        self._loadFolderMap()
+        self._doRefreshFolders(createJunk=fresh)
+        self._opened = True
+        if fresh:
+            log.info("maildir for {user} ready at {path}", user=self.user, path=self._path)
+
+    def _loadFolderMap(self) -> None:
+        self._ids = {"": INBOX_ID}
+        try:
+            with open(os.path.join(self._path, FOLDERS_FILE), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            return
+        except ValueError:
+            # Ids are lost, messages are not: carry on with new ids.
+            log.error("unreadable {file} in {path}; folder ids restart", file=FOLDERS_FILE, path=self._path)
+            return
+        folders = data.get("folders", {})
+        for dirname, folderId in folders.items():
+            if dirname and isinstance(folderId, str) and folderId != INBOX_ID:
+                self._ids[dirname] = folderId
+        self._roles = {k: v for k, v in data.get("roles", {}).items() if isinstance(v, str)}
+        numeric = [int(i) for i in self._ids.values() if i.isdigit()]
+        self._nextId = max([int(data.get("next", 2)), 2] + [n + 1 for n in numeric])
+        self._dirs = {v: k for k, v in self._ids.items()}
+
+    def _saveFolderMap(self) -> None:
+        data = {
+            "version": 1,
+            "next": self._nextId,
+            "folders": {d: i for d, i in sorted(self._ids.items()) if d},
+            "roles": dict(sorted(self._roles.items())),
+        }
+        _writeAtomically(
+            os.path.join(self._path, FOLDERS_FILE),
+            json.dumps(data, indent=1).encode("utf-8") + b"\n",
+            os.path.join(self._path, "tmp"),
+        )
+
+    def _newId(self) -> str:
+        folderId = str(self._nextId)
+        self._nextId += 1
+        return folderId
+
+    def _scanFolderDirs(self) -> List[str]:
+        found = []
+        with _scandir(self._path) as it:
+            for entry in it:
+                if entry.name.startswith(".") and entry.is_dir() and _parseDirname(entry.name) is not None:
+                    found.append(entry.name)
+        return found
+
+    def _createDir(self, dirname: str) -> None:
+        _makeMaildir(self._dirPath(dirname), subfolder=True)
+
+    def _doRefreshFolders(self, createJunk: bool = False) -> bool:
+        """
+        Reconcile the id map with the directories on disk, and make sure
+        every special folder exists. Return whether the map changed.
+        """
+        dirnames = set(self._scanFolderDirs())
+        # A Dovecot ".A.B" without ".A": give the child a real parent.
+        for dirname in sorted(dirnames):
+            parsed = _parseDirname(dirname)
+            while parsed is not None and parsed[0] and parsed[0] not in dirnames:
+                log.info("creating missing parent folder {dirname} in {path}", dirname=parsed[0], path=self._path)
+                self._createDir(parsed[0])
+                dirnames.add(parsed[0])
+                parsed = _parseDirname(parsed[0])
+        changed = False
+        for dirname in list(self._ids):
+            if dirname and dirname not in dirnames:
+                folderId = self._ids.pop(dirname)
+                self._states.pop(folderId, None)
+                changed = True
+        # parents first, so ids grow down the tree
+        for dirname in sorted(dirnames, key=lambda d: (d.count("."), d)):
+            if dirname not in self._ids:
+                self._ids[dirname] = self._newId()
+                changed = True
+        self._dirs = {v: k for k, v in self._ids.items()}
+
+        topLevel = {d: _displayName(d[1:]).lower() for d in self._ids if d and "." not in d[1:]}
+        taken = set()
+        for role in _ROLES + ((_JUNK,) if createJunk else ()):
+            current = self._roles.get(role.key)
+            if current is not None and self._dirs.get(current) in topLevel:
+                taken.add(current)
+                continue
+            found = None
+            for wanted in role.names:
+                for dirname, lowered in sorted(topLevel.items()):
+                    if lowered == wanted.lower() and self._ids[dirname] not in taken:
+                        found = self._ids[dirname]
+                        break
+                if found is not None:
+                    break
+            if found is None:
+                dirname = _childDirname(None, role.default)
+                self._createDir(dirname)
+                found = self._ids[dirname] = self._newId()
+                self._dirs[found] = dirname
+                topLevel[dirname] = role.default.lower()
+            if role is not _JUNK:
+                self._roles[role.key] = found
+            taken.add(found)
+            changed = True
+        if changed or not os.path.exists(os.path.join(self._path, FOLDERS_FILE)):
+            self._saveFolderMap()
+        return changed
+
+    def _typeOf(self, folderId: str) -> FolderType:
+        if folderId == INBOX_ID:
+            return FolderType.INBOX
+        for role in _ROLES:
+            if self._roles.get(role.key) == folderId:
+                return role.type
+        return FolderType.MAIL
+
+    def _folder(self, folderId: str) -> Folder:
+        dirname = self._dirname(folderId)
+        if dirname == "":
+            return Folder(INBOX_ID, None, "Inbox", FolderType.INBOX)
+        parsed = _parseDirname(dirname)
+        assert parsed is not None
+        parentDir, component = parsed
+        parentId = None if parentDir is None else self._ids[parentDir]
+        return Folder(folderId, parentId, _displayName(component), self._typeOf(folderId))
+
+    def _dirname(self, folderId: str) -> str:
+        """
+        The directory of C{folderId}, looking at the disk again if it is
+        not known (another process may have created it).
+        """
+        dirname = self._dirs.get(folderId)
+        if dirname is None:
+            self._doRefreshFolders()
+            dirname = self._dirs.get(folderId)
+            if dirname is None:
+                raise NoSuchFolder(folderId)
+        return dirname
+
+    def _allFolders(self) -> List[Folder]:
+        order = sorted(self._ids, key=lambda d: (d.count(".") - d.upper().startswith(".INBOX."), d.lower()))
+        return [self._folder(self._ids[d]) for d in order]
+
+    def _checkSiblings(self, parentId: Optional[str], name: str, exclude: Optional[str] = None) -> None:
+        lowered = name.lower()
+        for folder in self._allFolders():
+            if folder.parentId == parentId and folder.name.lower() == lowered and folder.id != exclude:
+                raise FolderExists(name)
+
+    def _checkDirname(self, dirname: str) -> None:
+        if len(os.fsencode(dirname)) > _NAME_MAX:
+            raise InvalidFolderName(dirname)
+
+    def _doCreateFolder(self, parentId: Optional[str], name: str) -> Folder:
+        _checkName(name)
+        self._doRefreshFolders()
+        parentDir = None if parentId is None else self._dirname(parentId)
+        self._checkSiblings(parentId, name)
+        dirname = _childDirname(parentDir, name)
+        self._checkDirname(dirname)
+        try:
+            os.mkdir(self._dirPath(dirname), 0o700)
+        except FileExistsError:
+            raise FolderExists(name) from None
+        self._createDir(dirname)
+        folderId = self._ids[dirname] = self._newId()
+        self._dirs[folderId] = dirname
+        self._saveFolderMap()
+        return self._folder(folderId)
+
+    def _isSpecial(self, folderId: str) -> bool:
+        return self._typeOf(folderId) != FolderType.MAIL
+
+    def _doUpdateFolder(self, folderId: str, parentId: Optional[str], name: str) -> Folder:
+        self._doRefreshFolders()
+        oldDir = self._dirname(folderId)
+        if self._isSpecial(folderId):
+            raise SpecialFolder(self._folder(folderId).name)
+        _checkName(name)
+        parentDir = None if parentId is None else self._dirname(parentId)
+        ancestor = parentId
+        while ancestor is not None:
+            if ancestor == folderId:
+                raise InvalidFolderName("a folder cannot move into itself")
+            ancestor = self._folder(ancestor).parentId
+        self._checkSiblings(parentId, name, exclude=folderId)
+        newDir = _childDirname(parentDir, name)
+        if newDir == oldDir:
+            return self._folder(folderId)
+        subtree = sorted(d for d in self._ids if d == oldDir or d.startswith(oldDir + "."))
+        renames = [(d, newDir + d[len(oldDir) :]) for d in subtree]
+        for _, target in renames:
+            self._checkDirname(target)
+            if os.path.lexists(self._dirPath(target)) and not (
+                # a change of case on a case-insensitive file system
+                target.lower() == oldDir.lower()
+                and os.path.samefile(self._dirPath(target), self._dirPath(oldDir))
+            ):
+                raise FolderExists(name)
+        done: List[Tuple[str, str]] = []
+        try:
+            for source, target in renames:
+                os.rename(self._dirPath(source), self._dirPath(target))
+                done.append((source, target))
+        except OSError:
+            # Put back what moved, so the tree stays whole.
+            for source, target in reversed(done):
+                os.rename(self._dirPath(target), self._dirPath(source))
+            raise
+        for source, target in renames:
+            movedId = self._ids.pop(source)
+            self._ids[target] = movedId
+            state = self._states.get(movedId)
+            if state is not None:
+                state.dirname = target
+        self._dirs = {v: k for k, v in self._ids.items()}
+        _fsyncDirectory(self._path)
+        self._saveFolderMap()
+        return self._folder(folderId)
+
+    def _doDeleteFolder(self, folderId: str) -> None:
+        self._doRefreshFolders()
+        dirname = self._dirname(folderId)
+        if self._isSpecial(folderId):
+            raise SpecialFolder(self._folder(folderId).name)
+        subtree = sorted(d for d in self._ids if d == dirname or d.startswith(dirname + "."))
+        trash = os.path.join(self._path, "tmp")
+        for d in subtree:
+            # Out of sight at once (one rename), then removed at leisure;
+            # a crash leaves it in tmp/, which maildir readers clean.
+            doomed = os.path.join(trash, f"directpush-deleted.{secrets.token_hex(8)}")
+            os.rename(self._dirPath(d), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed = self._ids.pop(d)
+            self._states.pop(removed, None)
+        self._dirs = {v: k for k, v in self._ids.items()}
+        self._saveFolderMap()
+
+    # messages: uid lists and scans
+
+    def _state(self, folderId: str, fresh: bool = False, claimNew: bool = False) -> _FolderState:
+        """
+        The folder's state, read and scanned on first use.
+
+        @param fresh: scan again if the directories changed since the last
+            scan (listings want this; operations on a known uid do not,
+            and rescan only when the file is not where it was).
+        @param claimNew: move messages found in C{new/} to C{cur/}: a
+            listing shows them to a reader, so they are no longer new.
+        """
+        dirname = self._dirname(folderId)
+        state = self._states.get(folderId)
+        if state is None:
+            state = _FolderState(dirname)
+            self._readUidList(state)
+            self._states[folderId] = state
+            self._scan(state, force=True, claimNew=claimNew)
+        elif fresh:
+            self._scan(state, claimNew=claimNew)
+        return state
+
+    def _uidListPath(self, state: _FolderState) -> str:
+        return os.path.join(self._dirPath(state.dirname), UIDLIST_FILE)
+
+    def _readUidList(self, state: _FolderState) -> None:
+        pending: Dict[str, int] = {}
+        highest = 0
+        lines = 0
+        try:
+            with open(self._uidListPath(state), "rb") as f:
+                content = f.read().decode("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            content = None
+        if content is not None:
+            state.fileExists = True
+            for number, line in enumerate(content.split("\n")):
+                if number == 0 and line.startswith(_UIDLIST_MAGIC):
+                    for field in line.split()[2:]:
+                        if field[:1] == "V" and field[1:].isdigit():
+                            state.uidValidity = int(field[1:])
+                        elif field[:1] == "N" and field[1:].isdigit():
+                            highest = max(highest, int(field[1:]) - 1)
+                    continue
+                uid, _, basename = line.partition(" ")
+                if not uid.isdigit() or not basename:
+                    # e.g. a line cut short by a crash while appending
+                    continue
+                lines += 1
+                highest = max(highest, int(uid))
+                pending[basename] = int(uid)
+        state.pending = pending
+        state.fileLines = lines
+        state.nextUid = highest + 1
+        if not state.uidValidity:
+            state.uidValidity = max(1, int(self._backend._clock.seconds()))
+
+    def _writeUidList(self, state: _FolderState) -> None:
+        lines = [f"{_UIDLIST_MAGIC} 1 V{state.uidValidity} N{state.nextUid}"]
+        lines.extend(f"{entry.uid} {basename}" for basename, entry in state.entries.items())
+        folderPath = self._dirPath(state.dirname)
+        _writeAtomically(
+            self._uidListPath(state),
+            ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
+            os.path.join(folderPath, "tmp"),
+        )
+        state.fileLines = len(state.entries)
+        state.fileExists = True
+
+    def _appendUidList(self, state: _FolderState, added: Sequence[Tuple[int, str]]) -> None:
+        if not added:
+            return
+        if not state.fileExists:
+            self._writeUidList(state)
+            return
+        data = "".join(f"{uid} {basename}\n" for uid, basename in added).encode("utf-8", "surrogateescape")
+        fd = os.open(self._uidListPath(state), os.O_WRONLY | os.O_APPEND)
+        try:
+            _writeAll(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        state.fileLines += len(added)
+
+    def _forget(self, state: _FolderState, basenames: Iterable[str]) -> None:
+        """
+        Drop vanished messages; rewrite the uid list once it holds enough
+        dead lines.
+        """
+        for basename in basenames:
+            entry = state.entries.pop(basename)
+            del state.byUid[entry.uid]
+        state.listing = None
+        self._compact(state)
+
+    def _compact(self, state: _FolderState) -> None:
+        stale = state.fileLines - len(state.entries)
+        if stale > max(_STALE_LINES, len(state.entries) // 2):
+            self._writeUidList(state)
+
+    def _add(self, state: _FolderState, basename: str, entry: _Entry) -> None:
+        state.entries[basename] = entry
+        state.byUid[entry.uid] = basename
+        state.listing = None
+
+    def _scan(self, state: _FolderState, force: bool = False, claimNew: bool = False) -> None:
+        folderPath = self._dirPath(state.dirname)
+        curPath = os.path.join(folderPath, "cur")
+        newPath = os.path.join(folderPath, "new")
+        try:
+            mtimes = (os.stat(curPath).st_mtime_ns, os.stat(newPath).st_mtime_ns)
+        except FileNotFoundError:
+            # The folder went away under us (another client deleted it).
+            self._doRefreshFolders()
+            raise NoSuchFolder(state.dirname) from None
+        if not force and state.settled and mtimes == state.mtimes and not (claimNew and state.hasNew):
+            return
+        # Record before reading: a change during the scan changes the mtime.
+        state.mtimes = mtimes
+        state.settled = max(mtimes) < (self._backend._clock.seconds() - SETTLE_SECONDS) * 1e9
+
+        found: Dict[str, Tuple[str, str]] = {}
+        for sub, path in (("new", newPath), ("cur", curPath)):
+            with _scandir(path) as it:
+                for dirEntry in it:
+                    name = dirEntry.name
+                    if name.startswith(".") or "\n" in name:
+                        continue
+                    basename = name.split(":", 1)[0]
+                    if basename:
+                        # cur/ comes last and wins: a message caught mid-move.
+                        found[basename] = (sub, name)
+
+        for basename, (sub, name) in list(found.items()):
+            if sub != "new" or not claimNew:
+                continue
+            # As Dovecot does: seen by a reader, the message is no longer new.
+            target = name if ":" in name else name + ":2,"
+            try:
+                os.rename(os.path.join(newPath, name), os.path.join(curPath, target))
+            except FileNotFoundError:
+                del found[basename]
+            except OSError:
+                log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
+            else:
+                found[basename] = ("cur", target)
+
+        state.hasNew = any(sub == "new" for sub, _ in found.values())
+        vanished = [b for b in state.entries if b not in found]
+        fresh: List[Tuple[Optional[int], str, _Entry]] = []
+        for basename, (sub, name) in found.items():
+            entry = state.entries.get(basename)
+            if entry is not None:
+                if (entry.sub, entry.filename) != (sub, name):
+                    # Renamed for new flags: same message, same uid.
+                    entry.sub, entry.filename, entry.info = sub, name, None
+                    state.listing = None
+                continue
+            try:
+                st = os.stat(os.path.join(folderPath, sub, name))
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            known = state.pending.get(basename) if state.pending else None
+            fresh.append((known, basename, _Entry(0, sub, name, _toSeconds(st.st_mtime_ns), st.st_size)))
+        state.pending = None
+        if vanished:
+            self._forget(state, vanished)
+
+        added: List[Tuple[int, str]] = []
+        # Known uids first, in uid order, then new ones in file name order
+        # (names start with the delivery time): entries stay in uid order.
+        for known, basename, entry in sorted(fresh, key=lambda f: (f[0] is None, f[0] or 0, f[1])):
+            if known is not None and known not in state.byUid and known > self._lastUid(state):
+                entry.uid = known
+            else:
+                entry.uid = state.nextUid
+                added.append((entry.uid, basename))
+            state.nextUid = max(state.nextUid, entry.uid + 1)
+            self._add(state, basename, entry)
+        self._appendUidList(state, added)
+        if not state.fileExists:
+            self._writeUidList(state)
+        else:
+            # e.g. the first scan after many messages went while we were down
+            self._compact(state)
+
+    def _lastUid(self, state: _FolderState) -> int:
+        if not state.entries:
+            return 0
+        return next(reversed(state.entries.values())).uid
+
+    def _entry(self, state: _FolderState, uid: str) -> Tuple[str, _Entry]:
+        if not uid.isdigit() or len(uid) > 20:
+            raise NoSuchMessage(uid)
+        basename = state.byUid.get(int(uid))
+        if basename is None:
+            raise NoSuchMessage(uid)
+        return basename, state.entries[basename]
+
+    def _withFile(self, folderId: str, uid: str, action: Callable[[_FolderState, str, _Entry, str], T]) -> T:
+        """
+        Run C{action(state, basename, entry, path)} on the message's file.
+        An unknown uid gets one look at changed directories; a file that
+        is not where it was (another reader changed its flags) one full
+        rescan.
+        """
+        if not uid.isdigit() or len(uid) > 20:
+            raise NoSuchMessage(uid)
+        state = self._state(folderId)
+        for attempt in (1, 2):
+            try:
+                basename, entry = self._entry(state, uid)
+                path = os.path.join(self._dirPath(state.dirname), entry.sub, entry.filename)
+                return action(state, basename, entry, path)
+            except NoSuchMessage:
+                if attempt == 2:
+                    raise
+                self._scan(state)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise NoSuchMessage(uid) from None
+                self._scan(state, force=True)
+        raise AssertionError("unreachable")
+
+    # blocking operations
+
+    def _doMessages(self, folderId: str) -> List[MessageInfo]:
+        state = self._state(folderId, fresh=True, claimNew=True)
+        if state.listing is None:
+            state.listing = [entry.messageInfo() for entry in state.entries.values()]
+        return list(state.listing)
+
+    def _doMessage(self, folderId: str, uid: str) -> bytes:
+        def read(state: _FolderState, basename: str, entry: _Entry, path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        return self._withFile(folderId, uid, read)
+
+    def _uniqueName(self, size: int) -> str:
+        now = self._backend._clock.seconds()
+        seconds = int(now)
+        micros = int((now - seconds) * 1_000_000)
+        counter = next(self._backend._counter)
+        return f"{seconds}.M{micros}Q{counter}R{secrets.token_hex(4)}.{self._backend._host},S={size}"
+
+    def _doAppend(self, folderId: str, raw: bytes, flags: Sequence[Flag], received: float) -> str:
+        state = self._state(folderId)
+        folderPath = self._dirPath(state.dirname)
+        basename = self._uniqueName(len(raw))
+        tmp = os.path.join(folderPath, "tmp", basename)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            # The folder went away under us: the scan says so.
+            self._scan(state, force=True)
+            raise
+        try:
+            try:
+                _writeAll(fd, raw)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            mtime = _toNanoseconds(received)
+            os.utime(tmp, ns=(mtime, mtime))
+            # Flagged mail is filed (cur/); unflagged mail is delivered
+            # (new/), so that other readers show it as recent.
+            sub, filename = ("cur", _withFlags(basename, None, flags)) if flags else ("new", basename)
+            os.rename(tmp, os.path.join(folderPath, sub, filename))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsyncDirectory(os.path.join(folderPath, sub))
+        state.hasNew = state.hasNew or sub == "new"
+        entry = _Entry(state.nextUid, sub, filename, _toSeconds(mtime), len(raw))
+        state.nextUid += 1
+        self._add(state, basename, entry)
+        self._appendUidList(state, [(entry.uid, basename)])
+        return str(entry.uid)
+
+    def _doSetFlags(self, folderId: str, uid: str, flags: Sequence[Flag]) -> bool:
+        wanted = frozenset(flags)
+
+        def rename(state: _FolderState, basename: str, entry: _Entry, path: str) -> bool:
+            if entry.sub == "cur" and _flagsOf(entry.filename) == wanted:
+                return False
+            changed = _flagsOf(entry.filename) != wanted
+            target = _withFlags(basename, entry.filename, wanted)
+            os.rename(path, os.path.join(self._dirPath(state.dirname), "cur", target))
+            entry.sub, entry.filename, entry.info = "cur", target, None
+            state.listing = None
+            return changed
+
+        return self._withFile(folderId, uid, rename)
+
+    def _doMove(self, folderId: str, uid: str, toFolderId: str) -> str:
+        target = self._state(toFolderId)
+
+        def move(state: _FolderState, basename: str, entry: _Entry, path: str) -> str:
+            if state is target:
+                # Nothing to move on disk; the message still gets a new uid.
+                self._forget(state, [basename])
+                newBasename = basename
+                filename = entry.filename
+                sub = entry.sub
+            else:
+                # Keep the basename unless the target already has it
+                # (a copy of the same file).
+                newBasename = basename if basename not in target.entries else self._uniqueName(entry.size)
+                sub = "cur"
+                filename = _withFlags(newBasename, entry.filename, _flagsOf(entry.filename))
+                targetCur = os.path.join(self._dirPath(target.dirname), "cur")
+                os.rename(path, os.path.join(targetCur, filename))
+                _fsyncDirectory(targetCur)
+                self._forget(state, [basename])
+            moved = _Entry(target.nextUid, sub, filename, entry.received, entry.size)
+            target.nextUid += 1
+            self._add(target, newBasename, moved)
+            self._appendUidList(target, [(moved.uid, newBasename)])
+            return str(moved.uid)
+
+        return self._withFile(folderId, uid, move)
+
+    def _doDelete(self, folderId: str, uid: str) -> None:
+        def unlink(state: _FolderState, basename: str, entry: _Entry, path: str) -> None:
+            os.unlink(path)
+            self._forget(state, [basename])
+
+        self._withFile(folderId, uid, unlink)
+
+    def _doEmpty(self, folderId: str) -> bool:
+        state = self._state(folderId)
+        self._scan(state, force=True)
+        if not state.entries:
+            return False
+        folderPath = self._dirPath(state.dirname)
+        for entry in state.entries.values():
+            try:
+                os.unlink(os.path.join(folderPath, entry.sub, entry.filename))
+            except FileNotFoundError:
+                pass
+        self._forget(state, list(state.entries))
+        if state.fileLines:
+            self._writeUidList(state)
+        return True
+
+    # IMailbox
+
+    def folders(self) -> "Deferred[List[Folder]]":
+        def folders() -> List[Folder]:
+            self._doRefreshFolders()
+            return self._allFolders()
+
+        return self._run(folders)
+
+    def createFolder(self, parentId: Optional[str], name: str) -> "Deferred[Folder]":
+        return self._run(lambda: self._doCreateFolder(parentId, name))
+
+    def updateFolder(self, folderId: str, parentId: Optional[str], name: str) -> "Deferred[Folder]":
+        return self._run(lambda: self._doUpdateFolder(folderId, parentId, name))
+
+    def deleteFolder(self, folderId: str) -> "Deferred[None]":
+        return self._run(lambda: self._doDeleteFolder(folderId))
+
+    def messages(self, folderId: str) -> "Deferred[List[MessageInfo]]":
+        return self._run(lambda: self._doMessages(folderId))
+
+    def message(self, folderId: str, uid: str) -> "Deferred[bytes]":
+        return self._run(lambda: self._doMessage(folderId, uid))
+
+    def append(
+        self,
+        folderId: str,
+        raw: bytes,
+        flags: Sequence[Flag] = (),
+        received: Optional[float] = None,
+    ) -> "Deferred[str]":
+        # Read the clock here, on the reactor thread, when the call was made.
+        when = self._backend._clock.seconds() if received is None else received
+        raw = bytes(raw)
+        flags = tuple(flags)
+        d = self._run(lambda: self._doAppend(folderId, raw, flags, when))
+
+        def announce(uid: str) -> str:
+            self._announce([folderId])
+            return uid
+
+        return d.addCallback(announce)
+
+    def setFlags(self, folderId: str, uid: str, flags: Sequence[Flag]) -> "Deferred[None]":
+        flags = tuple(flags)
+        d = self._run(lambda: self._doSetFlags(folderId, uid, flags))
+
+        def announce(changed: bool) -> None:
+            if changed:
+                self._announce([folderId])
+
+        return d.addCallback(announce)
+
+    def move(self, folderId: str, uid: str, toFolderId: str) -> "Deferred[str]":
+        d = self._run(lambda: self._doMove(folderId, uid, toFolderId))
+
+        def announce(newUid: str) -> str:
+            self._announce([folderId, toFolderId])
+            return newUid
+
+        return d.addCallback(announce)
+
+    def delete(self, folderId: str, uid: str) -> "Deferred[None]":
+        d = self._run(lambda: self._doDelete(folderId, uid))
+        return d.addCallback(lambda _: self._announce([folderId]))
+
+    def empty(self, folderId: str) -> "Deferred[None]":
+        d = self._run(lambda: self._doEmpty(folderId))
+
+        def announce(changed: bool) -> None:
+            if changed:
+                self._announce([folderId])
+
+        return d.addCallback(announce)
+
+
+def _templateFields(template: str) -> List[str]:
+    fields = []
+    i = 0
+    while i < len(template):
+        if template[i] == "%":
+            code = template[i + 1 : i + 2]
+            if code not in ("u", "n", "d", "%"):
+                raise ValueError(f"unknown %{code} in maildir root {template!r}; use %u, %n, %d or %%")
+            fields.append(code)
+            i += 2
+        else:
+            i += 1
+    return fields
+
+
+@implementer(IMailboxBackend)
+class MaildirBackend:
+    """
+    Maildir++ mailboxes, one per user.
+
+    @param root: a L{FilePath} under which each user's maildir is the
+        directory named after the user (C{<DATA>/mail/<user>}), or an
+        absolute path template as Dovecot's C{mail_location} takes it:
+        C{%u} the user name, C{%n} its local part, C{%d} its domain,
+        C{%%} a percent sign (C{/var/vmail/%d/%n/Maildir}).
+    @param runBlocking: runs a blocking callable off the reactor thread
+        (production: a thread pool), returning a L{Deferred} of its
+        result.
+    @param clock: the time for arrival stamps and scan decisions.
+    @param notifier: announces changes; a L{LocalNotifier} by default.
+    """
+
+    def __init__(
+        self,
+        root: Union["FilePath[str]", str],
+        runBlocking: RunBlocking[object],
+        clock: IReactorTime,
+        notifier: Optional[IChangeNotifier] = None,
+    ) -> None:
+        if isinstance(root, str) and "%" not in root:
+            root = FilePath(root)
+        if isinstance(root, str):
+            self._fields = _templateFields(root)
+            if not os.path.isabs(root):
+                raise ValueError(f"maildir root {root!r} must be an absolute path")
+            # The part no user name can influence: every maildir must be
+            # below it.
+            fixed = root.split("%", 1)[0] if "%" in root else root
+            self._fixed = os.path.normpath(os.path.dirname(fixed) if "%" in root else fixed)
+        self._root = root
+        self._runBlocking: RunBlocking[object] = runBlocking
+        self._clock = clock
+        self.notifier: IChangeNotifier = notifier if notifier is not None else LocalNotifier()
+        self._mailboxes: Dict[str, MaildirMailbox] = {}
+        self._counter = itertools.count(1)
+        self._host = _hostname()
+
+    def pathFor(self, user: str) -> str:
+        """
+        The maildir of C{user}.
+
+        @raise UnsafeUserName: if C{user} could lead outside the root.
+        """
+        if (
+            not user
+            or user.startswith(".")
+            or ".." in user
+            or any(c in user for c in "/\\\x00")
+            or user.count("@") > 1
+        ):
+            raise UnsafeUserName(user)
+        if isinstance(self._root, FilePath):
+            return self._root.child(user).path
+        local, at, domain = user.partition("@")
+        if "d" in self._fields and not domain:
+            # "%d/%n" would put a plain "alice" beside the domains.
+            raise UnsafeUserName(user)
+        values = {"u": user, "n": local, "d": domain, "%": "%"}
+        out: List[str] = []
+        i = 0
+        template = self._root
+        while i < len(template):
+            if template[i] == "%":
+                out.append(values[template[i + 1]])
+                i += 2
+            else:
+                out.append(template[i])
+                i += 1
+        path = os.path.normpath("".join(out))
+        if not path.startswith(self._fixed.rstrip(os.sep) + os.sep):
+            raise UnsafeUserName(user)
+        return path
+
+    def mailbox(self, user: str) -> "Deferred[IMailbox]":
+        try:
+            path = self.pathFor(user)
+        except UnsafeUserName:
+            log.warn("refusing unsafe user name {user!r}", user=user)
+            return fail()
+        box = self._mailboxes.get(user)
+        if box is None:
+            box = self._mailboxes[user] = MaildirMailbox(user, path, self)
+        opened = box._run(lambda: None)
+        return opened.addCallback(lambda _: box)

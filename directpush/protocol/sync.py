@@ -1,0 +1,471 @@
+# -*- test-case-name: tests.test_sync -*-
+"""
+Sync (MS-ASCMD 2.2.1.21) for mail collections.
+
+Per (user, device, collection) the state (key C{sync:<collection>}) holds
+the current key and the items the device has at that key (uid -> [read,
+flagged]), and the previous key with the items after that request's client
+commands and the C{Responses} it produced. A device that lost an answer
+repeats the previous key: the answer is rebuilt from there, and its client
+commands are not applied again (digest §5.5).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Dict, List, Optional, Tuple
+
+import attrs
+from twisted.logger import Logger
+
+from .. import wbxml
+from ..interfaces import IMailbox
+from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchMessage
+from ..wbxml import E
+from . import mail
+from .core import Services, dumps, folderById, loads, newKey, nextKey
+from .dispatch import Response, wbxmlResponse
+from .request import EASRequest
+
+log = Logger()
+
+SYNC_CACHE = "synccache"
+DEFAULT_WINDOW = 100
+MAX_WINDOW = 512
+
+# Sync statuses (MS-ASCMD 2.2.3.177.17).
+OK = "1"
+BAD_KEY = "3"
+PROTOCOL_ERROR = "4"
+SERVER_ERROR = "5"
+CONVERSION_ERROR = "6"
+NOT_FOUND = "8"
+HIERARCHY_CHANGED = "12"
+INCOMPLETE = "13"
+BAD_WAIT = "14"
+
+DAY = 24 * 60 * 60
+#: FilterType -> the age of the oldest message in the window (digest §5.3).
+FILTER_WINDOWS = {1: DAY, 2: 3 * DAY, 3: 7 * DAY, 4: 14 * DAY, 5: 31 * DAY, 6: 92 * DAY, 7: 183 * DAY}
+
+Items = Dict[str, List[int]]
+
+
+def itemState(info: MessageInfo) -> List[int]:
+    return [int(Flag.SEEN in info.flags), int(Flag.FLAGGED in info.flags)]
+
+
+def stateKey(collectionId: str) -> str:
+    return f"sync:{collectionId}"
+
+
+@attrs.define
+class CollectionRequest:
+    """
+    One collection of a Sync request, parsed.
+    """
+
+    syncKey: str
+    collectionId: str
+    deletesAsMoves: bool = True
+    getChanges: bool = True
+    windowSize: int = DEFAULT_WINDOW
+    options: Optional[wbxml.Element] = None
+    commands: List[wbxml.Element] = attrs.field(factory=list)
+
+    @classmethod
+    def parse(cls, element: wbxml.Element) -> Optional["CollectionRequest"]:
+        key = element.findtext("SyncKey")
+        collectionId = element.findtext("CollectionId")
+        if not key or not collectionId or len(key) > 64 or len(collectionId) > 64:
+            return None
+        request = cls(key, collectionId)
+        dam = element.find("DeletesAsMoves")
+        if dam is not None:
+            request.deletesAsMoves = dam.text in (None, "", "1")
+        changes = element.find("GetChanges")
+        if changes is not None:
+            request.getChanges = changes.text in (None, "", "1")
+        window = element.findtext("WindowSize")
+        if window is not None:
+            if not window.isdigit():
+                return None
+            size = int(window)
+            request.windowSize = MAX_WINDOW if size == 0 or size > MAX_WINDOW else size
+        request.options = element.find("Options")
+        commands = element.find("Commands")
+        if commands is not None:
+            request.commands = list(commands.children)
+        return request
+
+    def element(self) -> wbxml.Element:
+        """
+        Back to a request element, for the cache of empty and partial Syncs.
+        """
+        el = E("AirSync:Collection", E("SyncKey", self.syncKey), E("CollectionId", self.collectionId))
+        if not self.deletesAsMoves:
+            el.add("DeletesAsMoves", "0")
+        if not self.getChanges:
+            el.add("GetChanges", "0")
+        el.add("WindowSize", str(self.windowSize))
+        if self.options is not None:
+            el.append(self.options)
+        return el
+
+
+def filterType(options: Optional[wbxml.Element]) -> int:
+    value = options.findtext("FilterType", "0") if options is not None else "0"
+    return int(value) if value.isdigit() and int(value) in FILTER_WINDOWS else 0
+
+
+async def pendingChanges(
+    mailbox: IMailbox, folderId: str, items: Items, filterTypeValue: int, now: float
+) -> Tuple[List[Tuple[str, str, Optional[MessageInfo]]], Dict[str, MessageInfo]]:
+    """
+    What the device at C{items} lacks: a list of (kind, uid, info) with
+    kind C{Change}, C{Delete}, C{SoftDelete} or C{Add} (newest first),
+    and the folder's listing by uid.
+    """
+    listing = {info.uid: info for info in await mailbox.messages(folderId)}
+    window = FILTER_WINDOWS.get(filterTypeValue)
+    oldest = now - window if window else None
+    changes: List[Tuple[str, str, Optional[MessageInfo]]] = []
+    adds: List[MessageInfo] = []
+    for uid, info in listing.items():
+        inWindow = oldest is None or info.received >= oldest
+        known = items.get(uid)
+        if known is None:
+            if inWindow:
+                adds.append(info)
+        elif not inWindow:
+            changes.append(("SoftDelete", uid, info))
+        elif known != itemState(info):
+            changes.append(("Change", uid, info))
+    for uid in items:
+        if uid not in listing:
+            changes.append(("Delete", uid, None))
+    adds.sort(key=lambda i: i.received, reverse=True)
+    changes.extend(("Add", info.uid, info) for info in adds)
+    return changes, listing
+
+
+def validateWait(document: wbxml.Element) -> Optional[wbxml.Element]:
+    """
+    A Sync-level error for bad Wait/HeartbeatInterval values, or None.
+    """
+    wait = document.findtext("Wait")
+    heartbeat = document.findtext("HeartbeatInterval")
+    if wait is not None and heartbeat is not None:
+        return E("AirSync:Sync", E("Status", PROTOCOL_ERROR))
+    if wait is not None and (not wait.isdigit() or not 1 <= int(wait) <= 59):
+        return E("AirSync:Sync", E("Status", BAD_WAIT), E("Limit", "59" if wait.isdigit() and int(wait) > 59 else "1"))
+    if heartbeat is not None and (not heartbeat.isdigit() or not 60 <= int(heartbeat) <= 3540):
+        high = heartbeat.isdigit() and int(heartbeat) > 3540
+        return E("AirSync:Sync", E("Status", BAD_WAIT), E("Limit", "3540" if high else "60"))
+    return None
+
+
+async def sync(
+    services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
+) -> Response:
+    """
+    Answer a Sync: full, empty (cached request) or partial.
+    """
+    user, device = request.user, request.deviceId
+    cached = loads(await services.store.load(user, device, SYNC_CACHE))
+    if document is None:
+        if body or not cached:
+            return wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE)))
+        document = wbxml.decode(base64.b64decode(cached["request"]))
+    elif document.qname != "AirSync:Sync":
+        return wbxmlResponse(E("AirSync:Sync", E("Status", PROTOCOL_ERROR)))
+    error = validateWait(document)
+    if error is not None:
+        return wbxmlResponse(error)
+
+    collections: List[CollectionRequest] = []
+    for element in document.findall("Collections/Collection"):
+        parsed = CollectionRequest.parse(element)
+        if parsed is None:
+            return wbxmlResponse(E("AirSync:Sync", E("Status", PROTOCOL_ERROR)))
+        collections.append(parsed)
+    if document.find("Partial") is not None:
+        if not cached:
+            return wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE)))
+        listed = {c.collectionId for c in collections}
+        known = cached.get("all", cached["request"])
+        for element in wbxml.decode(base64.b64decode(known)).findall("Collections/Collection"):
+            parsed = CollectionRequest.parse(element)
+            if parsed is not None and parsed.collectionId not in listed:
+                collections.append(parsed)
+    if not collections:
+        return wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE if cached is None else PROTOCOL_ERROR)))
+
+    budget = MAX_WINDOW
+    globalWindow = document.findtext("WindowSize")
+    if globalWindow is not None and globalWindow.isdigit() and 0 < int(globalWindow) < MAX_WINDOW:
+        budget = int(globalWindow)
+
+    mailbox = await services.mailbox(user)
+    folders = await folderById(mailbox)
+    answers: List[wbxml.Element] = []
+    updates: Dict[str, Optional[bytes]] = {}
+    anything = False
+    now = services.clock.seconds()
+    for collection in collections:
+        answer, state, budget, changed = await _syncCollection(
+            services, request, mailbox, folders, collection, budget, now
+        )
+        answers.append(answer)
+        anything = anything or changed
+        if state is not None:
+            updates[stateKey(collection.collectionId)] = dumps(state)
+            # The cache remembers each collection at its newest key.
+            collection.syncKey = state["key"]
+            collection.commands = []
+    # Two caches: the request as made (an empty Sync repeats it) and every
+    # collection the device syncs at its newest key (a Partial adds to it).
+    cache = E("AirSync:Sync", E("Collections", *(c.element() for c in collections)))
+    for name in ("Wait", "HeartbeatInterval", "WindowSize"):
+        if document.findtext(name) is not None:
+            cache.add(name, document.findtext(name) or "")
+    every = {c.collectionId: c.element() for c in _cachedCollections(cached, "all")}
+    every.update((c.collectionId, c.element()) for c in collections)
+    updates[SYNC_CACHE] = dumps(
+        {
+            "request": base64.b64encode(wbxml.encode(cache)).decode("ascii"),
+            "all": base64.b64encode(
+                wbxml.encode(E("AirSync:Sync", E("Collections", *every.values())))
+            ).decode("ascii"),
+        }
+    )
+    # Durable before the answer leaves: a crash after this point loses
+    # nothing the device was told.
+    await services.store.save(user, device, updates)
+    if not anything and request.versionNumber >= 12.1:
+        return Response(200, b"")
+    return wbxmlResponse(E("AirSync:Sync", E("Collections", *answers)))
+
+
+def _cachedCollections(cached: Optional[Dict[str, Any]], which: str) -> List[CollectionRequest]:
+    if not cached or which not in cached:
+        return []
+    elements = wbxml.decode(base64.b64decode(cached[which])).findall("Collections/Collection")
+    return [c for c in (CollectionRequest.parse(e) for e in elements) if c is not None]
+
+
+async def _syncCollection(
+    services: Services,
+    request: EASRequest,
+    mailbox: IMailbox,
+    folders: Dict[str, Folder],
+    collection: CollectionRequest,
+    budget: int,
+    now: float,
+) -> Tuple[wbxml.Element, Optional[Dict[str, Any]], int, bool]:
+    """
+    Sync one collection. Returns its answer element, its new state (None:
+    unchanged), the window budget left, and whether the answer says
+    anything the device must hear.
+    """
+    answer = E("AirSync:Collection")
+    if request.versionNumber < 12.1:
+        answer.add("Class", "Email")
+
+    def failed(status: str) -> Tuple[wbxml.Element, None, int, bool]:
+        answer.add("SyncKey", collection.syncKey)
+        answer.add("CollectionId", collection.collectionId)
+        answer.add("Status", status)
+        return answer, None, budget, True
+
+    folder = folders.get(collection.collectionId)
+    if folder is None:
+        return failed(HIERARCHY_CHANGED)
+    stored = loads(await services.store.load(request.user, request.deviceId, stateKey(folder.id)))
+    filterValue = filterType(collection.options)
+
+    if collection.syncKey == "0":
+        state = {"key": f"{newKey()}-1", "items": {}, "filter": filterValue}
+        answer.add("SyncKey", state["key"])
+        answer.add("CollectionId", folder.id)
+        answer.add("Status", OK)
+        return answer, state, budget, True
+    if stored is None:
+        return failed(BAD_KEY)
+    previous = stored.get("prev") or {}
+    if collection.syncKey == stored["key"]:
+        base: Items = dict(stored["items"])
+        responses = await _applyCommands(services, request, mailbox, folders, folder, collection, base, now)
+        retry = False
+    elif collection.syncKey == previous.get("key") and "items" in previous:
+        base = dict(previous["items"])
+        responses = wbxml.decode(base64.b64decode(previous["responses"])) if previous.get("responses") else None
+        retry = True
+        log.info(
+            "{user} device {device} repeats key {key} of {collection}: answer rebuilt",
+            user=request.user, device=request.deviceId, key=collection.syncKey, collection=folder.id,
+        )
+    else:
+        return failed(BAD_KEY)
+
+    commands: List[wbxml.Element] = []
+    more = False
+    items = dict(base)
+    if collection.getChanges:
+        changes, listing = await pendingChanges(mailbox, folder.id, base, filterValue, now)
+        window = min(collection.windowSize, budget)
+        options = mail.parseOptions(collection.options, version=request.version)
+        for kind, uid, info in changes:
+            if len(commands) >= window:
+                more = True
+                break
+            if kind in ("Delete", "SoftDelete"):
+                commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}")))
+                items.pop(uid, None)
+                continue
+            assert info is not None
+            if kind == "Change":
+                data = E(
+                    "AirSync:ApplicationData",
+                    E("Email:Read", str(int(Flag.SEEN in info.flags))),
+                    mail.flagElement(Flag.FLAGGED in info.flags),
+                )
+            else:
+                try:
+                    raw = await mailbox.message(folder.id, uid)
+                except NoSuchMessage:
+                    continue  # gone since the listing; the next Sync says so
+                data = mail.applicationData(
+                    raw,
+                    read=Flag.SEEN in info.flags,
+                    flagged=Flag.FLAGGED in info.flags,
+                    answered=Flag.ANSWERED in info.flags,
+                    received=info.received,
+                    options=options,
+                    fileReferencePrefix=f"{folder.id}:{uid}",
+                )
+            commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}"), data))
+            items[uid] = itemState(info)
+        budget -= len(commands)
+
+    # Client changes applied silently still move the key: the new state
+    # records them so that they are never echoed back.
+    changed = bool(commands) or responses is not None or bool(collection.commands)
+    key = nextKey(collection.syncKey) if changed else collection.syncKey
+    answer.add("SyncKey", key)
+    answer.add("CollectionId", folder.id)
+    answer.add("Status", OK)
+    if more:
+        answer.add("MoreAvailable")
+    if commands:
+        answer.add("Commands", *commands)
+    if responses is not None:
+        answer.append(responses)
+    if not changed:
+        return answer, None, budget, False
+    state: Dict[str, Any] = {
+        "key": key,
+        "items": items,
+        "filter": filterValue,
+        "prev": {
+            "key": collection.syncKey,
+            "items": base,
+            "responses": base64.b64encode(wbxml.encode(responses)).decode("ascii") if responses is not None else None,
+        },
+    }
+    if retry:
+        state["prev"] = previous
+    return answer, state, budget, True
+
+
+async def _applyCommands(
+    services: Services,
+    request: EASRequest,
+    mailbox: IMailbox,
+    folders: Dict[str, Folder],
+    folder: Folder,
+    collection: CollectionRequest,
+    items: Items,
+    now: float,
+) -> Optional[wbxml.Element]:
+    """
+    Carry out the device's own changes, recording them in C{items} so they
+    are not echoed back; return the C{Responses} element, if any.
+    """
+    responses = E("AirSync:Responses")
+    listing: Optional[Dict[str, MessageInfo]] = None
+    trash = next((f for f in folders.values() if f.type == FolderType.DELETED), None)
+    options = mail.parseOptions(collection.options, version=request.version)
+    for command in collection.commands:
+        serverId = command.findtext("ServerId")
+        uid = None
+        if serverId is not None:
+            folderPart, _, uid = serverId.partition(":")
+            if folderPart != folder.id or not uid:
+                uid = None
+        if command.name == "Add":
+            responses.append(await _add(mailbox, folder, command, items, request))
+            continue
+        if uid is None:
+            responses.add(command.name, E("ServerId", serverId or ""), E("Status", NOT_FOUND))
+            continue
+        if listing is None:
+            listing = {i.uid: i for i in await mailbox.messages(folder.id)}
+        info = listing.get(uid)
+        if info is None:
+            responses.add(command.name, E("ServerId", serverId), E("Status", NOT_FOUND))
+            items.pop(uid, None)
+            continue
+        try:
+            if command.name == "Change":
+                data = command.find("ApplicationData")
+                change = mail.parseFlagChange(data) if data is not None else {}
+                flags = set(info.flags)
+                for flag, key in ((Flag.SEEN, "read"), (Flag.FLAGGED, "flagged")):
+                    if key in change:
+                        (flags.add if change[key] else flags.discard)(flag)
+                await mailbox.setFlags(folder.id, uid, sorted(flags))
+                items[uid] = [int(Flag.SEEN in flags), int(Flag.FLAGGED in flags)]
+            elif command.name == "Delete":
+                if collection.deletesAsMoves and trash is not None and trash.id != folder.id:
+                    await mailbox.move(folder.id, uid, trash.id)
+                else:
+                    await mailbox.delete(folder.id, uid)
+                items.pop(uid, None)
+            elif command.name == "Fetch":
+                raw = await mailbox.message(folder.id, uid)
+                data = mail.applicationData(
+                    raw,
+                    read=Flag.SEEN in info.flags,
+                    flagged=Flag.FLAGGED in info.flags,
+                    answered=Flag.ANSWERED in info.flags,
+                    received=info.received,
+                    options=options,
+                    fileReferencePrefix=f"{folder.id}:{uid}",
+                )
+                responses.add("Fetch", E("ServerId", serverId), E("Status", OK), data)
+            else:
+                responses.add(command.name, E("ServerId", serverId), E("Status", PROTOCOL_ERROR))
+        except NoSuchMessage:
+            responses.add(command.name, E("ServerId", serverId), E("Status", NOT_FOUND))
+            items.pop(uid, None)
+        except MailboxError:
+            log.failure("{command} of {serverId} failed", command=command.name, serverId=serverId)
+            responses.add(command.name, E("ServerId", serverId), E("Status", SERVER_ERROR))
+    return responses if responses.children else None
+
+
+async def _add(
+    mailbox: IMailbox, folder: Folder, command: wbxml.Element, items: Items, request: EASRequest
+) -> wbxml.Element:
+    """
+    A client Add: only drafts (16.0+) are mail a device creates.
+    """
+    clientId = command.findtext("ClientId") or ""
+    data = command.find("ApplicationData")
+    if folder.type != FolderType.DRAFTS or request.versionNumber < 16.0 or data is None or not clientId:
+        return E("Add", E("ClientId", clientId), E("Status", CONVERSION_ERROR))
+    raw = mail.draftMessage(data)
+    uid = await mailbox.append(folder.id, raw, [Flag.DRAFT, Flag.SEEN])
+    items[uid] = [1, 0]
+    return E("Add", E("ClientId", clientId), E("ServerId", f"{folder.id}:{uid}"), E("Status", OK))
