@@ -170,13 +170,12 @@ def serverCommand(data: str, port: int, logfile: str, tlsFiles: Optional[Tuple[s
         listen = f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
     else:
         listen = f"tcp:{port}:interface=127.0.0.1"
-    if cprofile:
-        # cProfile.run writes the file even when twistd exits by SystemExit.
-        code = f"import cProfile; from twisted.scripts.twistd import run; cProfile.run('run()', {cprofile!r})"
-    else:
-        code = "from twisted.scripts.twistd import run; run()"
+    # twistd's own profiler: it saves the stats when the reactor stops,
+    # before twistd re-raises SIGTERM to end the process.
+    profile = [f"--profile={cprofile}", "--profiler=cprofile", "--savestats"] if cprofile else []
     return [
-        sys.executable, "-c", code, "-n", "--pidfile=", f"--logfile={logfile}",
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "-n", "--pidfile=", f"--logfile={logfile}", *profile,
         "directpush", "--data", data, "--listen", listen, "--policy", "none",
     ]
 

@@ -78,6 +78,12 @@ class IMailbox(Interface):
         Replace the message's flags with C{flags}.
         """
 
+    def replace(folderId: str, uid: str, raw: bytes) -> "Deferred[None]":
+        """
+        Replace the message's content (an edited draft); its uid, flags
+        and arrival time stay.
+        """
+
     def move(folderId: str, uid: str, toFolderId: str) -> "Deferred[str]":
         """
         Move a message, keeping its flags; return its uid in C{toFolderId}.

@@ -569,6 +569,31 @@ class BackendContractTests(_Base):
         self.failureOf(box.setFlags(inbox, "999", [Flag.SEEN]), NoSuchMessage)
         self.failureOf(box.setFlags("nosuch", "1", [Flag.SEEN]), NoSuchFolder)
 
+    def test_replace(self) -> None:
+        """
+        L{IMailbox.replace} swaps the contents of a message (an edited
+        draft): uid, flags and received time stay, the size follows the new
+        contents, the listing keeps its order, and the change is announced.
+        Unknown messages and folders fail as for L{IMailbox.message}.
+        """
+        box = self.mailbox()
+        drafts = self.special(box, FolderType.DRAFTS).id
+        first = self.append(box, drafts, message(1))
+        uid = self.append(box, drafts, RAW, [Flag.DRAFT, Flag.SEEN], received=1_650_000_000)
+        last = self.append(box, drafts, message(3))
+        seen = self.changes()
+        edited = RAW + b"and a longer body\r\n" * 10
+        self.resultOf(box.replace(drafts, uid, edited))
+        self.assertEqual(self.resultOf(box.message(drafts, uid)), edited)
+        info = self.listing(box, drafts)[uid]
+        self.assertEqual(info.flags, {Flag.DRAFT, Flag.SEEN})
+        self.assertEqual(info.size, len(edited))
+        self.assertClose(info.received, 1_650_000_000)
+        self.assertEqual([i.uid for i in self.resultOf(box.messages(drafts))], [first, uid, last])
+        self.assertEqual([c.folderIds for c in seen], [frozenset({drafts})])
+        self.failureOf(box.replace(drafts, "999", RAW), NoSuchMessage)
+        self.failureOf(box.replace("nosuch", uid, RAW), NoSuchFolder)
+
     def test_move(self) -> None:
         """
         A moved message keeps its contents, flags and received time, gets a

@@ -174,6 +174,10 @@ class Phone:
                 continue
             state = self.collections.setdefault(collectionId, Collection())
             state.key = collection.findtext("SyncKey")
+            # Items the phone itself added now have their ServerIds.
+            for added in collection.findall("Responses/Add"):
+                if added.findtext("Status") == "1":
+                    state.items[added.findtext("ServerId")] = E("AirSync:ApplicationData")
             commands = collection.find("Commands")
             for change in commands.children if commands is not None else []:
                 serverId = change.findtext("ServerId")

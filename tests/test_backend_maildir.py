@@ -480,6 +480,22 @@ class PersistenceTests(_MaildirTestMixin):
         self.assertEqual(sorted(self.listing(again, child.id)), uids[:2])
         self.assertNotIn(self.successResultOf(again.append(child.id, b"new")), uids)
 
+    def test_replacedDraftKeepsUidAcrossRestart(self) -> None:
+        """
+        A replaced message keeps its uid for a new backend too, and only
+        the new file is left in the folder.
+        """
+        box = self.open()
+        drafts = next(f.id for f in self.successResultOf(box.folders()) if f.type == FolderType.DRAFTS)
+        uids = [self.successResultOf(box.append(drafts, b"draft %d" % n, [Flag.DRAFT])) for n in range(3)]
+        self.successResultOf(box.replace(drafts, uids[1], b"draft 1, edited"))
+        again = self.open(self.backend())
+        self.assertEqual([i.uid for i in self.successResultOf(again.messages(drafts))], uids)
+        self.assertEqual(self.successResultOf(again.message(drafts, uids[1])), b"draft 1, edited")
+        self.assertEqual(len(self.home.child(".Drafts").child("cur").listdir()), 3)
+        newer = self.successResultOf(again.append(drafts, b"draft 3"))
+        self.assertNotIn(newer, uids)
+
     def test_renameKeepsIdsAcrossRestart(self) -> None:
         """
         A renamed and moved folder keeps its id, and its messages their

@@ -801,3 +801,64 @@ class OptionsTests(CommandTestCase):
         self.assertIn("Find", advertised)
         self.assertNotIn("Ping", advertised)
         self.assertNotIn("MeetingResponse", advertised)
+
+
+class DraftTests(CommandTestCase):
+    """
+    Drafts synced by 16.x devices.
+    """
+
+    version = "16.1"
+
+    def test_draftLifecycle(self) -> None:
+        """
+        A draft added by the device gets a ServerId; edited, it keeps it
+        and the mailbox holds the new text; sent with Email2:Send, it goes
+        out, lands in Sent and leaves Drafts (the device hears the Delete).
+        """
+        self.setUpPhone()
+        drafts = self.folderId(FolderType.DRAFTS)
+        self.drive(self.phone.syncAll(drafts))
+
+        def data(subject: str, *extra: wbxml.Element) -> wbxml.Element:
+            return E(
+                "ApplicationData",
+                E("Email:To", "bob@example.org"),
+                E("Email:Subject", subject),
+                E("AirSyncBase:Body", E("Type", "1"), E("Data", f"text of {subject}")),
+                *extra,
+            )
+
+        result = self.drive(self.phone.sync(drafts, commands=[E("Add", E("ClientId", "d1"), data("first"))]))
+        add = result[drafts].find("Responses/Add")
+        self.assertEqual(add.findtext("Status"), "1")
+        serverId = add.findtext("ServerId")
+        uid = serverId.split(":")[1]
+        self.assertIn(b"text of first", self.successResultOf(self.mailbox.message(drafts, uid)))
+        self.assertIn(Flag.DRAFT, self.messages(FolderType.DRAFTS)[uid].flags)
+
+        self.drive(self.phone.sync(drafts, commands=[E("Change", E("ServerId", serverId), data("second"))]))
+        self.assertEqual(list(self.messages(FolderType.DRAFTS)), [uid])
+        self.assertIn(b"text of second", self.successResultOf(self.mailbox.message(drafts, uid)))
+        self.assertEqual(self.submission.sent, [])
+
+        result = self.drive(self.phone.sync(drafts, commands=[E("Change", E("ServerId", serverId), data("final", E("Email2:Send")))]))
+        [(_, _, recipients, raw)] = self.submission.sent
+        self.assertEqual(recipients, ["bob@example.org"])
+        self.assertIn(b"text of final", raw)
+        self.assertEqual(self.messages(FolderType.DRAFTS), {})
+        self.assertEqual(len(self.messages(FolderType.SENT)), 1)
+        # The same answer already tells the device the draft is gone.
+        self.assertEqual(result[drafts].findtext("Commands/Delete/ServerId"), serverId)
+        self.assertEqual(self.phone.collections[drafts].items, {})
+
+    def test_olderVersionsCannotAdd(self) -> None:
+        """
+        Before 16.0 a device cannot add mail: status 6.
+        """
+        phone = self.setUpPhone(self.newPhone("old", "14.1"))
+        drafts = self.folderId(FolderType.DRAFTS)
+        self.drive(phone.syncAll(drafts))
+        result = self.drive(phone.sync(drafts, commands=[E("Add", E("ClientId", "d1"), E("ApplicationData", E("Email:Subject", "x")))]))
+        self.assertEqual(result[drafts].findtext("Responses/Add/Status"), "6")
+        self.assertEqual(self.messages(FolderType.DRAFTS), {})

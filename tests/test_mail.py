@@ -252,6 +252,14 @@ class ApplicationDataTests(SynchronousTestCase):
         self.assertEqual(data.findtext("Email:DisplayTo"), "Builder, Bob; carol@example.org; Dan D")
         self.assertEqual(data.findtext("Email:Cc"), '"Eve" <eve@example.org>')
 
+    def test_replyTo(self) -> None:
+        """
+        Reply-To is carried as Email:ReplyTo, and left out when absent.
+        """
+        raw = message(**{"Reply-To": "List <list@example.org>"}).as_bytes()
+        self.assertEqual(render(raw).findtext("Email:ReplyTo"), '"List" <list@example.org>')
+        self.assertIsNone(render(message().as_bytes()).find("Email:ReplyTo"))
+
     def test_quotesInNamesEscaped(self) -> None:
         """
         A display name holding a double quote stays one quoted string.

@@ -1013,6 +1013,43 @@ class MaildirMailbox:
 
         return self._withFile(folderId, uid, rename)
 
+    def _doReplace(self, folderId: str, uid: str, raw: bytes) -> None:
+        def replace(state: _FolderState, basename: str, entry: _Entry, path: str) -> None:
+            folderPath = self._dirPath(state.dirname)
+            # A new name: the old one carries the old size (S=).
+            newBasename = self._uniqueName(len(raw))
+            tmp = os.path.join(folderPath, "tmp", newBasename)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                try:
+                    _writeAll(fd, raw)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                mtime = _toNanoseconds(entry.received)
+                os.utime(tmp, ns=(mtime, mtime))
+                filename = _withFlags(newBasename, entry.filename, _flagsOf(entry.filename))
+                os.rename(tmp, os.path.join(folderPath, "cur", filename))
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            # The uid list learns the new name before the old file goes: a
+            # crash in between leaves the draft twice, never lost.
+            self._appendUidList(state, [(entry.uid, newBasename)])
+            os.unlink(path)
+            _fsyncDirectory(os.path.join(folderPath, "cur"))
+            del state.entries[basename]
+            state.entries[newBasename] = _Entry(entry.uid, "cur", filename, entry.received, len(raw))
+            # Entries stay in uid order (listings rely on it).
+            state.entries = dict(sorted(state.entries.items(), key=lambda item: item[1].uid))
+            state.byUid[entry.uid] = newBasename
+            state.listing = None
+
+        self._withFile(folderId, uid, replace)
+
     def _doMove(self, folderId: str, uid: str, toFolderId: str) -> str:
         target = self._state(toFolderId)
 
@@ -1116,6 +1153,11 @@ class MaildirMailbox:
                 self._announce([folderId])
 
         return d.addCallback(announce)
+
+    def replace(self, folderId: str, uid: str, raw: bytes) -> "Deferred[None]":
+        raw = bytes(raw)
+        d = self._run(lambda: self._doReplace(folderId, uid, raw))
+        return d.addCallback(lambda _: self._announce([folderId]))
 
     def move(self, folderId: str, uid: str, toFolderId: str) -> "Deferred[str]":
         d = self._run(lambda: self._doMove(folderId, uid, toFolderId))

@@ -182,6 +182,14 @@ class MemoryMailbox:
 
         return _result(setFlags)
 
+    def replace(self, folderId: str, uid: str, raw: bytes) -> "Deferred[None]":
+        def replace() -> None:
+            _, flags, received = self._message(folderId, uid)
+            self._messages[folderId][uid] = (bytes(raw), flags, received)
+            self._changed(folderId)
+
+        return _result(replace)
+
     def move(self, folderId: str, uid: str, toFolderId: str) -> "Deferred[str]":
         def move() -> str:
             raw, flags, received = self._message(folderId, uid)

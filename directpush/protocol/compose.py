@@ -38,7 +38,7 @@ SENT_IDS = "sentids"
 SENT_ID_MEMORY = 500
 
 
-def _addMissingHeaders(raw: bytes, domain: str, now: float) -> bytes:
+def addMissingHeaders(raw: bytes, domain: str, now: float) -> bytes:
     """
     Phones normally write Date and Message-ID; add what is missing, in
     front, so that the client's bytes stay as they are.
@@ -120,7 +120,7 @@ async def compose(
             message = mail.quoteForReply(original, message, forward=command == "SmartForward")
 
     address = services.address(request.user)
-    message = _addMissingHeaders(message, address.rpartition("@")[2] or "localhost", services.clock.seconds())
+    message = addMissingHeaders(message, address.rpartition("@")[2] or "localhost", services.clock.seconds())
     recipients = mail.summary(message).recipients
     if not recipients:
         return failure(STATUS_NO_RECIPIENT)

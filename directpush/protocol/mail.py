@@ -1156,6 +1156,9 @@ def _applicationData(
     if cc:
         data.add("Email:Cc", _formatAddresses(cc))
     data.add("Email:From", _formatAddresses(parsed.addresses("From")))
+    replyTo = parsed.addresses("Reply-To")
+    if replyTo:
+        data.add("Email:ReplyTo", _formatAddresses(replyTo))
     data.add("Email:Subject", subject)
     data.add("Email:DateReceived", _dateTime(received))
     data.add("Email:DisplayTo", "; ".join(name or address for name, address in to))

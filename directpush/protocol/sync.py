@@ -23,6 +23,7 @@ from ..interfaces import IMailbox
 from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchMessage
 from ..wbxml import E
 from . import mail
+from .compose import addMissingHeaders
 from .core import Services, dumps, folderById, loads, newKey, nextKey
 from .dispatch import Response, wbxmlResponse
 from .request import EASRequest
@@ -404,7 +405,11 @@ async def _applyCommands(
             if folderPart != folder.id or not uid:
                 uid = None
         if command.name == "Add":
-            responses.append(await _add(mailbox, folder, command, items, request))
+            reply, added = await _add(mailbox, folder, command, items, request)
+            responses.append(reply)
+            data = command.find("ApplicationData")
+            if added is not None and data is not None and data.find("Email2:Send") is not None:
+                await _sendDraft(services, request, mailbox, folder, added)
             continue
         if uid is None:
             responses.add(command.name, E("ServerId", serverId or ""), E("Status", NOT_FOUND))
@@ -414,18 +419,30 @@ async def _applyCommands(
         info = listing.get(uid)
         if info is None:
             responses.add(command.name, E("ServerId", serverId), E("Status", NOT_FOUND))
-            items.pop(uid, None)
+            if command.name == "Delete":
+                items.pop(uid, None)  # the device has dropped it already
+            # After a Change or Fetch of a vanished item the device still
+            # holds it: it stays in the state, so the Delete reaches it.
             continue
         try:
             if command.name == "Change":
                 data = command.find("ApplicationData")
+                if data is not None and _isDraftEdit(folder, data, request):
+                    await mailbox.replace(folder.id, uid, mail.draftMessage(data))
+                    if data.find("Email2:Send") is not None:
+                        await _sendDraft(services, request, mailbox, folder, uid)
+                    continue
                 change = mail.parseFlagChange(data) if data is not None else {}
                 flags = set(info.flags)
-                for flag, key in ((Flag.SEEN, "read"), (Flag.FLAGGED, "flagged")):
+                # The device knows what it had plus what it changed, not
+                # whatever else changed here meanwhile: that still goes to it.
+                known = list(items.get(uid, itemState(info)))
+                for index, (flag, key) in enumerate(((Flag.SEEN, "read"), (Flag.FLAGGED, "flagged"))):
                     if key in change:
                         (flags.add if change[key] else flags.discard)(flag)
+                        known[index] = int(bool(change[key]))
                 await mailbox.setFlags(folder.id, uid, sorted(flags))
-                items[uid] = [int(Flag.SEEN in flags), int(Flag.FLAGGED in flags)]
+                items[uid] = known
             elif command.name == "Delete":
                 if collection.deletesAsMoves and trash is not None and trash.id != folder.id:
                     await mailbox.move(folder.id, uid, trash.id)
@@ -448,24 +465,65 @@ async def _applyCommands(
                 responses.add(command.name, E("ServerId", serverId), E("Status", PROTOCOL_ERROR))
         except NoSuchMessage:
             responses.add(command.name, E("ServerId", serverId), E("Status", NOT_FOUND))
-            items.pop(uid, None)
+            if command.name == "Delete":
+                items.pop(uid, None)
         except MailboxError:
             log.failure("{command} of {serverId} failed", command=command.name, serverId=serverId)
             responses.add(command.name, E("ServerId", serverId), E("Status", SERVER_ERROR))
     return responses if responses.children else None
 
 
+_FLAG_FIELDS = frozenset({"Email:Read", "Email:Flag"})
+
+
+def _isDraftEdit(folder: Folder, data: wbxml.Element, request: EASRequest) -> bool:
+    """
+    Does a Change carry a draft's new content (16.0+), not just flags?
+    """
+    return (
+        folder.type == FolderType.DRAFTS
+        and request.versionNumber >= 16.0
+        and any(child.qname not in _FLAG_FIELDS for child in data.children)
+    )
+
+
 async def _add(
     mailbox: IMailbox, folder: Folder, command: wbxml.Element, items: Items, request: EASRequest
-) -> wbxml.Element:
+) -> Tuple[wbxml.Element, Optional[str]]:
     """
-    A client Add: only drafts (16.0+) are mail a device creates.
+    A client Add: only drafts (16.0+) are mail a device creates. Returns
+    the response and the new uid, if any.
     """
     clientId = command.findtext("ClientId") or ""
     data = command.find("ApplicationData")
     if folder.type != FolderType.DRAFTS or request.versionNumber < 16.0 or data is None or not clientId:
-        return E("Add", E("ClientId", clientId), E("Status", CONVERSION_ERROR))
+        return E("Add", E("ClientId", clientId), E("Status", CONVERSION_ERROR)), None
     raw = mail.draftMessage(data)
     uid = await mailbox.append(folder.id, raw, [Flag.DRAFT, Flag.SEEN])
     items[uid] = [1, 0]
-    return E("Add", E("ClientId", clientId), E("ServerId", f"{folder.id}:{uid}"), E("Status", OK))
+    return E("Add", E("ClientId", clientId), E("ServerId", f"{folder.id}:{uid}"), E("Status", OK)), uid
+
+
+async def _sendDraft(services: Services, request: EASRequest, mailbox: IMailbox, folder: Folder, uid: str) -> None:
+    """
+    Send a draft the device asked to send (C{Email2:Send}, 16.0+): submit
+    it, file it in Sent, remove the draft. The draft's removal reaches the
+    device with its next Sync, as Exchange does.
+    """
+    raw = await mailbox.message(folder.id, uid)
+    address = services.address(request.user)
+    raw = addMissingHeaders(raw, address.rpartition("@")[2] or "localhost", services.clock.seconds())
+    recipients = mail.summary(raw).recipients
+    if services.submission is None or not recipients:
+        log.warn("{user}: draft {uid} cannot be sent (no recipients or no submission)", user=request.user, uid=uid)
+        return
+    try:
+        await services.submission.submit(request.user, address, recipients, mail.stripBcc(raw))
+    except Exception as e:
+        # The draft stays, so the user can send it again.
+        log.warn("{user}: sending draft {uid} failed: {reason}", user=request.user, uid=uid, reason=str(e))
+        return
+    sent = next((f for f in (await mailbox.folders()) if f.type == FolderType.SENT), None)
+    if sent is not None:
+        await mailbox.append(sent.id, raw, [Flag.SEEN])
+    await mailbox.delete(folder.id, uid)
