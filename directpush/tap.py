@@ -30,6 +30,7 @@ from .backends.maildir import MaildirBackend
 from .directory import PasswdDirectory
 from .protocol.commands import makeDispatcher
 from .protocol.core import Policy, Services
+from .renderpool import RenderPool
 from .state.sqlite import SQLiteStateStore
 from .submit import Submission, endpointFromString
 
@@ -98,6 +99,14 @@ class Options(usage.Options):
             "enforced) or 'none' (no provisioning asked).",
         ],
         [
+            "render-workers",
+            None,
+            None,
+            "Worker processes that turn messages into EAS items, so that big "
+            "Syncs use every core and never stall other devices "
+            "(default: the number of cores; 0 renders in the server process).",
+        ],
+        [
             "smtp",
             None,
             None,
@@ -164,6 +173,13 @@ class Options(usage.Options):
             self["policy"] = Policy(self["policy"])
         except ValueError:
             raise usage.UsageError("--policy must be 'permissive' or 'none'")
+        workers = self["render-workers"]
+        if workers is None:
+            self["render-workers"] = os.cpu_count() or 1
+        elif not str(workers).isdigit() or int(workers) > 64:
+            raise usage.UsageError("--render-workers must be a number from 0 to 64")
+        else:
+            self["render-workers"] = int(workers)
         if bool(self["smtp-user"]) != bool(self["smtp-password-file"]):
             raise usage.UsageError("--smtp-user and --smtp-password-file go together")
 
@@ -187,6 +203,7 @@ class Config:
     smtpUser: Optional[str] = None
     smtpPasswordFile: Optional[str] = None
     smtpAllowPlaintext: bool = False
+    renderWorkers: int = 0
 
 
 class StartupError(Exception):
@@ -217,6 +234,7 @@ def configFromOptions(options: Options) -> Config:
         smtpUser=options["smtp-user"],
         smtpPasswordFile=options["smtp-password-file"],
         smtpAllowPlaintext=bool(options["smtp-allow-plaintext"]),
+        renderWorkers=options["render-workers"],
     )
 
 
@@ -346,6 +364,10 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         policy=config.policy,
         domain=config.domain,
     )
+    if config.renderWorkers:
+        renderPool = RenderPool(reactor, config.renderWorkers)
+        renderPool.setServiceParent(top)
+        services.render = renderPool
     dispatcher = makeDispatcher(services)
     checker = auth.PasswdChecker(passwd, runBlocking, reactor)
     portal = Portal(auth.Realm(web.makeUserResource(dispatcher, config.maxBody)), [checker])

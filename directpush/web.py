@@ -139,7 +139,9 @@ def _write(request: Request, response: Response) -> None:
     if response.contentType is not None:
         request.setHeader(b"Content-Type", response.contentType.encode("ascii"))
     if len(body) >= GZIP_MINIMUM and _acceptsGzip(request):
-        packed = gzip.compress(body, compresslevel=6, mtime=0)
+        # Level 1: on the reactor thread speed matters more than the last
+        # few percent of size (level 6 cost four times the CPU here).
+        packed = gzip.compress(body, compresslevel=1, mtime=0)
         if len(packed) < len(body):
             body = packed
             request.setHeader(b"Content-Encoding", b"gzip")

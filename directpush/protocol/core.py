@@ -21,6 +21,7 @@ from .. import wbxml
 from ..interfaces import IDirectory, IMailbox, IMailboxBackend, IStateStore, ISubmission
 from ..model import Folder, FolderType, validId
 from .dispatch import Handler, Response, errorResponse, wbxmlResponse
+from .render import Renderer, renderInline
 from .request import EASRequest
 
 log = Logger()
@@ -143,6 +144,7 @@ class Services:
     directory: Optional[IDirectory] = None
     policy: Policy = Policy.PERMISSIVE
     domain: Optional[str] = None
+    render: Renderer = renderInline
     _locks: Dict[Tuple[str, str], DeferredLock] = attrs.field(factory=dict)
 
     def address(self, user: str) -> str:

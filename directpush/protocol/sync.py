@@ -16,6 +16,7 @@ import base64
 from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
+from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 
 from .. import wbxml
@@ -24,6 +25,7 @@ from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchM
 from ..wbxml import E
 from . import mail
 from .compose import addMissingHeaders
+from .render import RenderJob
 from .core import Services, dumps, folderById, loads, newKey, nextKey
 from .dispatch import Response, wbxmlResponse
 from .request import EASRequest
@@ -248,6 +250,39 @@ async def sync(
     return wbxmlResponse(E("AirSync:Sync", E("Collections", *answers)))
 
 
+async def _render(
+    services: Services, mailbox: IMailbox, folder: Folder, infos: List[MessageInfo], options: mail.MailOptions
+) -> Dict[str, wbxml.Element]:
+    """
+    The ApplicationData of each message by uid; messages that vanished
+    meanwhile are left out. Reads run concurrently, rendering in one
+    batch through the services' renderer.
+    """
+    if not infos:
+        return {}
+    reads = [mailbox.message(folder.id, info.uid) for info in infos]
+    outcomes = await DeferredList(reads, consumeErrors=True)
+    jobs, uids = [], []
+    for info, (ok, raw) in zip(infos, outcomes):
+        if not ok:
+            if not raw.check(NoSuchMessage):
+                raw.raiseException()
+            continue
+        jobs.append(
+            RenderJob(
+                raw,
+                Flag.SEEN in info.flags,
+                Flag.FLAGGED in info.flags,
+                Flag.ANSWERED in info.flags,
+                info.received,
+                options,
+                f"{folder.id}:{info.uid}",
+            )
+        )
+        uids.append(info.uid)
+    return dict(zip(uids, await services.render(jobs)))
+
+
 def _cachedCollections(cached: Optional[Dict[str, Any]], which: str) -> List[CollectionRequest]:
     if not cached or which not in cached:
         return []
@@ -315,11 +350,12 @@ async def _syncCollection(
     if collection.getChanges:
         changes, listing = await pendingChanges(mailbox, folder.id, base, filterValue, now)
         window = min(collection.windowSize, budget)
+        if len(changes) > window:
+            changes, more = changes[:window], True
         options = mail.parseOptions(collection.options, version=request.version)
+        adds = [info for kind, _, info in changes if kind == "Add" and info is not None]
+        rendered = await _render(services, mailbox, folder, adds, options)
         for kind, uid, info in changes:
-            if len(commands) >= window:
-                more = True
-                break
             if kind in ("Delete", "SoftDelete"):
                 commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}")))
                 items.pop(uid, None)
@@ -332,19 +368,10 @@ async def _syncCollection(
                     mail.flagElement(Flag.FLAGGED in info.flags),
                 )
             else:
-                try:
-                    raw = await mailbox.message(folder.id, uid)
-                except NoSuchMessage:
+                found = rendered.get(uid)
+                if found is None:
                     continue  # gone since the listing; the next Sync says so
-                data = mail.applicationData(
-                    raw,
-                    read=Flag.SEEN in info.flags,
-                    flagged=Flag.FLAGGED in info.flags,
-                    answered=Flag.ANSWERED in info.flags,
-                    received=info.received,
-                    options=options,
-                    fileReferencePrefix=f"{folder.id}:{uid}",
-                )
+                data = found
             commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}"), data))
             items[uid] = itemState(info)
         budget -= len(commands)

@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_render -*-
+"""
+Turning raw messages into EAS ApplicationData is the most expensive thing
+the server does (MIME parsing, HTML to text). Command handlers hand it to
+a L{Renderer}: in tests, L{renderInline}; in the server, a pool of worker
+processes (L{directpush.renderpool}), so that big Syncs use every core and
+never stall the reactor, which other devices' requests need.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+
+from .. import wbxml
+from . import mail
+
+
+@attrs.frozen
+class RenderJob:
+    """
+    One message to render; everything a worker process needs, picklable.
+    """
+
+    raw: bytes
+    read: bool
+    flagged: bool
+    answered: bool
+    received: float
+    options: mail.MailOptions
+    fileReferencePrefix: str
+    includeBody: bool = True
+
+
+Renderer = Callable[[Sequence[RenderJob]], "Deferred[List[wbxml.Element]]"]
+
+
+def renderAll(jobs: Sequence[RenderJob]) -> List[wbxml.Element]:
+    """
+    Render C{jobs} here and now (what a worker process runs).
+    """
+    return [
+        mail.applicationData(
+            job.raw,
+            read=job.read,
+            flagged=job.flagged,
+            answered=job.answered,
+            received=job.received,
+            options=job.options,
+            fileReferencePrefix=job.fileReferencePrefix,
+            includeBody=job.includeBody,
+        )
+        for job in jobs
+    ]
+
+
+def renderInline(jobs: Sequence[RenderJob]) -> "Deferred[List[wbxml.Element]]":
+    """
+    A L{Renderer} that works on the calling thread.
+    """
+    try:
+        return succeed(renderAll(jobs))
+    except Exception:
+        return fail()
