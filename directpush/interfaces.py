@@ -11,7 +11,7 @@ and never blocks the reactor thread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, FrozenSet, List, Mapping, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
@@ -116,6 +116,15 @@ class IMailboxBackend(Interface):
         accepts), created on first use where the backend can.
         """
 
+    def watch(user: str, folderIds: "FrozenSet[str]") -> "Callable[[], None]":
+        """
+        Start announcing, through L{notifier}, changes made to these folders
+        from outside (an MDA delivering, another mail client), until the
+        returned function is called. Several watches of one folder share
+        one watcher; a backend whose every change passes through it may do
+        nothing here. Unknown folders are ignored.
+        """
+
 
 class IChangeNotifier(Interface):
     """
@@ -194,4 +203,37 @@ class IDirectory(Interface):
     def localUser(address: str) -> "Deferred[Optional[str]]":
         """
         The local user receiving mail for C{address}, if any.
+        """
+
+
+class IPushHub(Interface):
+    """
+    Holds the waits of hanging requests (Ping, Sync with Wait) until one of
+    their folders changes, their time is up, or a newer request of the
+    same device supersedes them. One change subscription per user with
+    waiting devices, however many wait.
+    """
+
+    def wait(
+        user: str,
+        device: str,
+        folderIds: "FrozenSet[str]",
+        timeout: float,
+        verify: "Callable[[FrozenSet[str]], Awaitable[FrozenSet[str]]]",
+    ) -> "Deferred[Optional[FrozenSet[str]]]":
+        """
+        Wait for changes to C{folderIds}; a waiting request of the same
+        device is superseded first.
+
+        @param verify: given folders a change event names, returns those
+            that really changed for this device (an event may be the
+            device's own change, already known to it).
+        @return: fires with the changed folders, with an empty set when
+            C{timeout} seconds pass, or with L{None} when superseded.
+            Cancelling it (the client went away) frees everything at once.
+        """
+
+    def supersede(user: str, device: str) -> None:
+        """
+        Answer the device's waiting request now (it has sent a new one).
         """

@@ -30,6 +30,7 @@ from .backends.maildir import MaildirBackend
 from .directory import PasswdDirectory
 from .protocol.commands import makeDispatcher
 from .protocol.core import Policy, Services
+from .push import PushHub
 from .renderpool import RenderPool
 from .state.sqlite import SQLiteStateStore
 from .submit import Submission, endpointFromString
@@ -97,6 +98,27 @@ class Options(usage.Options):
             "permissive",
             "Device policy: 'permissive' (devices provision, nothing is "
             "enforced) or 'none' (no provisioning asked).",
+        ],
+        [
+            "min-heartbeat",
+            None,
+            "60",
+            "Shortest Ping heartbeat allowed, in seconds; devices asking for "
+            "less are told this bound (Ping status 5).",
+        ],
+        [
+            "max-heartbeat",
+            None,
+            "3540",
+            "Longest Ping heartbeat allowed, in seconds. Set it below the "
+            "shortest idle timeout of every firewall, NAT and load balancer "
+            "between phones and this server.",
+        ],
+        [
+            "max-ping-folders",
+            None,
+            "300",
+            "Most folders one Ping may watch (Ping status 6 beyond).",
         ],
         [
             "render-workers",
@@ -173,6 +195,13 @@ class Options(usage.Options):
             self["policy"] = Policy(self["policy"])
         except ValueError:
             raise usage.UsageError("--policy must be 'permissive' or 'none'")
+        for name, low, high in (("min-heartbeat", 1, 3540), ("max-heartbeat", 1, 86400), ("max-ping-folders", 1, 10000)):
+            value = str(self[name])
+            if not value.isdigit() or not low <= int(value) <= high:
+                raise usage.UsageError(f"--{name} must be a whole number from {low} to {high}")
+            self[name] = int(value)
+        if self["min-heartbeat"] > self["max-heartbeat"]:
+            raise usage.UsageError("--min-heartbeat must not exceed --max-heartbeat")
         workers = self["render-workers"]
         if workers is None:
             self["render-workers"] = os.cpu_count() or 1
@@ -204,6 +233,9 @@ class Config:
     smtpPasswordFile: Optional[str] = None
     smtpAllowPlaintext: bool = False
     renderWorkers: int = 0
+    minHeartbeat: int = 60
+    maxHeartbeat: int = 3540
+    maxPingFolders: int = 300
 
 
 class StartupError(Exception):
@@ -235,6 +267,9 @@ def configFromOptions(options: Options) -> Config:
         smtpPasswordFile=options["smtp-password-file"],
         smtpAllowPlaintext=bool(options["smtp-allow-plaintext"]),
         renderWorkers=options["render-workers"],
+        minHeartbeat=options["min-heartbeat"],
+        maxHeartbeat=options["max-heartbeat"],
+        maxPingFolders=options["max-ping-folders"],
     )
 
 
@@ -363,6 +398,10 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         directory=directory,
         policy=config.policy,
         domain=config.domain,
+        hub=PushHub(reactor, backend),
+        minHeartbeat=config.minHeartbeat,
+        maxHeartbeat=config.maxHeartbeat,
+        maxPingFolders=config.maxPingFolders,
     )
     if config.renderWorkers:
         renderPool = RenderPool(reactor, config.renderWorkers)
@@ -380,6 +419,7 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
             # serverFromString raises whatever the parser or OpenSSL raise
             # for bad strings and unreadable certificate files.
             raise StartupError(f"bad --listen {description!r}: {_describe(e)}") from None
+        _releaseIdleBuffers(endpoint)
         ListenService(description, endpoint, site).setServiceParent(top)
     return top
 
@@ -407,6 +447,21 @@ def _smarthost(config: Config, reactor: Any) -> tuple:
         user = config.smtpUser
         credentials = lambda: (user, password)  # noqa: E731
     return (endpoint, reactor, config.hostname, credentials, mode.required, mode)
+
+
+def _releaseIdleBuffers(endpoint: Any) -> None:
+    """
+    Let OpenSSL free each TLS connection's read and write buffers (some
+    70 KB) while it is idle: a waiting Ping is idle for most of its life.
+    The TLS endpoint keeps its context factory in a private attribute; a
+    test pins it.
+    """
+    factory = getattr(endpoint, "_sslContextFactory", None)
+    if factory is not None:
+        from OpenSSL import SSL
+
+        context = factory.getContext()
+        context.set_mode(context.set_mode(0) | SSL.MODE_RELEASE_BUFFERS)
 
 
 def _describe(e: BaseException) -> str:

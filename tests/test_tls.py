@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
 from twisted.web.http_headers import Headers
 
-from directpush import certificate, tap
+from directpush import certificate, tap, wbxml
 
 
 class TLSEndToEndTests(TestCase):
@@ -80,7 +80,7 @@ class TLSEndToEndTests(TestCase):
             [
                 b"Sync", b"SendMail", b"SmartForward", b"SmartReply", b"GetAttachment",
                 b"FolderSync", b"FolderCreate", b"FolderDelete", b"FolderUpdate",
-                b"MoveItems", b"GetItemEstimate", b"Search", b"Settings",
+                b"MoveItems", b"GetItemEstimate", b"Search", b"Settings", b"Ping",
                 b"ItemOperations", b"Provision", b"ResolveRecipients", b"Find",
             ],
         )
@@ -96,12 +96,14 @@ class TLSEndToEndTests(TestCase):
 
     async def test_base64Post(self) -> None:
         """
-        A POST in the base64 query form is parsed and reaches the dispatcher
-        (which names the command it found); a broken blob is 400.
+        A POST in the base64 query form is parsed and reaches its command:
+        a first Ping without a body is told its parameters are missing
+        (Ping status 3); a broken blob is 400.
         """
         blob = base64.b64encode(bytes([141, 18, 9, 4, 4]) + b"dev1" + b"\x00" + b"\x06iPhone")
         code, _, body = await self.request(b"POST", b"?" + blob)
-        self.assertEqual((code, body), (501, b"Ping is not implemented\n"))
+        self.assertEqual(code, 200)
+        self.assertEqual(wbxml.decode(body), wbxml.E("Ping:Ping", wbxml.E("Status", "3")))
         code, _, body = await self.request(b"POST", b"?jAAJBAp2")
         self.assertEqual(code, 400)
         self.assertIn(b"truncated", body)

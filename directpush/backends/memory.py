@@ -7,7 +7,7 @@ backend is compared with by the contract suite.
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -230,6 +230,19 @@ class MemoryBackend:
         self.clock = clock
         self.notifier = notifier if notifier is not None else LocalNotifier()
         self._mailboxes: Dict[str, MemoryMailbox] = {}
+        #: (user, folders) of the watches in force: tests look at it.
+        self.watches: List[Tuple[str, FrozenSet[str]]] = []
+
+    def watch(self, user: str, folderIds: FrozenSet[str]) -> Callable[[], None]:
+        """
+        Every change passes through this backend, so it is always announced.
+        """
+        self.watches.append((user, frozenset(folderIds)))
+
+        def unwatch() -> None:
+            self.watches.remove((user, frozenset(folderIds)))
+
+        return unwatch
 
     def mailbox(self, user: str) -> "Deferred[IMailbox]":
         if user not in self._mailboxes:

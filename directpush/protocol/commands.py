@@ -14,6 +14,7 @@ from .core import CommandFunction, Services
 from .dispatch import Dispatcher, Handler
 from .folders import folderCreate, folderDelete, folderSync, folderUpdate
 from .items import getAttachment, getItemEstimate, itemOperations, moveItems
+from .ping import ping
 from .provision import provision
 from .search import find, resolveRecipients, search
 from .settings import settings
@@ -40,13 +41,24 @@ COMMANDS: Dict[str, CommandFunction] = {
 }
 
 
+#: Commands that may wait for changes: they take the device's lock for
+#: their state work only, never while waiting.
+WAITING = frozenset({"Ping", "Sync"})
+
+
 def handlers(services: Services) -> Dict[str, Handler]:
     """
-    Every implemented command, ready for a L{Dispatcher}.
+    Every implemented command, ready for a L{Dispatcher}. Ping only when
+    there is a push hub to wait on.
     """
+    table = dict(COMMANDS)
+    if services.hub is not None:
+        table["Ping"] = ping
     return {
-        name: services.provisioned(name, services.serialised(partial(function, services)))
-        for name, function in COMMANDS.items()
+        name: services.provisioned(
+            name, partial(function, services) if name in WAITING else services.serialised(partial(function, services))
+        )
+        for name, function in table.items()
     }
 
 

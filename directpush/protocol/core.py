@@ -7,10 +7,11 @@ rule that one device's requests touch its state one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import secrets
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import DeferredLock
@@ -18,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .. import wbxml
-from ..interfaces import IDirectory, IMailbox, IMailboxBackend, IStateStore, ISubmission
+from ..interfaces import IDirectory, IMailbox, IMailboxBackend, IPushHub, IStateStore, ISubmission
 from ..model import Folder, FolderType, validId
 from .dispatch import Handler, Response, errorResponse, wbxmlResponse
 from .render import Renderer, renderInline
@@ -145,6 +146,10 @@ class Services:
     policy: Policy = Policy.PERMISSIVE
     domain: Optional[str] = None
     render: Renderer = renderInline
+    hub: Optional[IPushHub] = None
+    minHeartbeat: int = 60
+    maxHeartbeat: int = 3540
+    maxPingFolders: int = 300
     _locks: Dict[Tuple[str, str], DeferredLock] = attrs.field(factory=dict)
 
     def address(self, user: str) -> str:
@@ -167,24 +172,42 @@ class Services:
     async def saveDevice(self, request: EASRequest, record: Dict[str, Any]) -> None:
         await self.store.save(request.user, request.deviceId, {"device": dumps(record)})
 
+    @contextlib.asynccontextmanager
+    async def deviceLock(self, request: EASRequest) -> AsyncIterator[None]:
+        """
+        Hold the device's lock: its state is read, changed and written by
+        one request before the next reads it. Never held while waiting for
+        changes.
+        """
+        key = (request.user, request.deviceId)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = DeferredLock()
+        await lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
+
+    def supersede(self, request: EASRequest) -> None:
+        """
+        A new request of a device answers its waiting one at once.
+        """
+        if self.hub is not None:
+            self.hub.supersede(request.user, request.deviceId)
+
     def serialised(self, handler: Handler) -> Handler:
         """
-        Run C{handler} for one device at a time: its state is read,
-        changed and written by one request before the next reads it.
+        Run C{handler} under the device's lock, after superseding the
+        device's waiting request.
         """
 
         async def run(request: EASRequest, document: Optional[wbxml.Element], body: bytes) -> Response:
-            key = (request.user, request.deviceId)
-            lock = self._locks.get(key)
-            if lock is None:
-                lock = self._locks[key] = DeferredLock()
-            await lock.acquire()
-            try:
+            self.supersede(request)
+            async with self.deviceLock(request):
                 return await handler(request, document, body)
-            finally:
-                lock.release()
-                if not lock.locked and not lock.waiting:
-                    self._locks.pop(key, None)
 
         return run
 

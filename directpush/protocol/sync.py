@@ -13,7 +13,7 @@ commands are not applied again (digest §5.5).
 from __future__ import annotations
 
 import base64
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import DeferredList
@@ -168,33 +168,68 @@ def validateWait(document: wbxml.Element) -> Optional[wbxml.Element]:
     return None
 
 
+Hang = Tuple[FrozenSet[str], int]
+
+
 async def sync(
     services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
 ) -> Response:
     """
-    Answer a Sync: full, empty (cached request) or partial.
+    Answer a Sync: full, empty (cached request) or partial; with C{Wait}
+    or C{HeartbeatInterval} (12.1+), hold an answer that has nothing to
+    say until a collection changes or the interval ends.
+    """
+    services.supersede(request)
+    async with services.deviceLock(request):
+        response, hang = await _syncOnce(services, request, document, body)
+    if hang is None or services.hub is None:
+        return response
+    collectionIds, seconds = hang
+    from .ping import answerMargin, changedFolders
+
+    changed = await services.hub.wait(
+        request.user,
+        request.deviceId,
+        collectionIds,
+        seconds - answerMargin(seconds),
+        lambda touched: changedFolders(services, request, touched),
+    )
+    if not changed:
+        # Interval over, or superseded: the empty answer (MS-ASCMD 2.2.1.21).
+        return response
+    async with services.deviceLock(request):
+        response, _ = await _syncOnce(services, request, document, body)
+    return response
+
+
+async def _syncOnce(
+    services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
+) -> Tuple[Response, Optional[Hang]]:
+    """
+    One pass of a Sync. Also says what to wait for when the answer is
+    empty and the request asked to hang.
     """
     user, device = request.user, request.deviceId
     cached = loads(await services.store.load(user, device, SYNC_CACHE))
     if document is None:
         if body or not cached:
-            return wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE)))
+            return _now(wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE))))
         document = wbxml.decode(base64.b64decode(cached["request"]))
     elif document.qname != "AirSync:Sync":
-        return wbxmlResponse(E("AirSync:Sync", E("Status", PROTOCOL_ERROR)))
+        return _now(wbxmlResponse(E("AirSync:Sync", E("Status", PROTOCOL_ERROR))))
     error = validateWait(document)
     if error is not None:
-        return wbxmlResponse(error)
+        return _now(wbxmlResponse(error))
 
     collections: List[CollectionRequest] = []
     for element in document.findall("Collections/Collection"):
         parsed = CollectionRequest.parse(element)
         if parsed is None:
-            return wbxmlResponse(E("AirSync:Sync", E("Status", PROTOCOL_ERROR)))
+            return _now(wbxmlResponse(E("AirSync:Sync", E("Status", PROTOCOL_ERROR))))
         collections.append(parsed)
     if document.find("Partial") is not None:
         if not cached:
-            return wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE)))
+            return _now(wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE))))
         listed = {c.collectionId for c in collections}
         known = cached.get("all", cached["request"])
         for element in wbxml.decode(base64.b64decode(known)).findall("Collections/Collection"):
@@ -202,7 +237,7 @@ async def sync(
             if parsed is not None and parsed.collectionId not in listed:
                 collections.append(parsed)
     if not collections:
-        return wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE if cached is None else PROTOCOL_ERROR)))
+        return _now(wbxmlResponse(E("AirSync:Sync", E("Status", INCOMPLETE if cached is None else PROTOCOL_ERROR))))
 
     budget = MAX_WINDOW
     globalWindow = document.findtext("WindowSize")
@@ -246,8 +281,8 @@ async def sync(
     # nothing the device was told.
     await services.store.save(user, device, updates)
     if not anything and request.versionNumber >= 12.1:
-        return Response(200, b"")
-    return wbxmlResponse(E("AirSync:Sync", E("Collections", *answers)))
+        return Response(200, b""), _hang(document, collections)
+    return _now(wbxmlResponse(E("AirSync:Sync", E("Collections", *answers))))
 
 
 async def _render(
@@ -281,6 +316,27 @@ async def _render(
         )
         uids.append(info.uid)
     return dict(zip(uids, await services.render(jobs)))
+
+
+def _now(response: Response) -> Tuple[Response, None]:
+    return response, None
+
+
+def _hang(document: wbxml.Element, collections: List[CollectionRequest]) -> Optional[Hang]:
+    """
+    What an empty answer should wait for, if the request asked to hang and
+    carried no client changes (those are answered at once).
+    """
+    wait, heartbeat = document.findtext("Wait"), document.findtext("HeartbeatInterval")
+    if any(c.commands for c in collections):
+        return None
+    if wait is not None and wait.isdigit():
+        seconds = int(wait) * 60
+    elif heartbeat is not None and heartbeat.isdigit():
+        seconds = int(heartbeat)
+    else:
+        return None
+    return frozenset(c.collectionId for c in collections), seconds
 
 
 def _cachedCollections(cached: Optional[Dict[str, Any]], which: str) -> List[CollectionRequest]:
