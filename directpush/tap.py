@@ -390,6 +390,9 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
     passwd = auth.PasswdFile(config.users)
     directory = PasswdDirectory(auth.PasswdFile(config.users), runBlocking, config.domain)
     submission = Submission(directory, backend, *_smarthost(config, reactor))
+    hub = PushHub(reactor, backend)
+    # Operators' tools and tests look at it through the service tree.
+    top.hub = hub  # type: ignore[attr-defined]
     services = Services(
         backend,
         store,
@@ -398,7 +401,7 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         directory=directory,
         policy=config.policy,
         domain=config.domain,
-        hub=PushHub(reactor, backend),
+        hub=hub,
         minHeartbeat=config.minHeartbeat,
         maxHeartbeat=config.maxHeartbeat,
         maxPingFolders=config.maxPingFolders,

@@ -60,3 +60,28 @@ class WallTests(SynchronousTestCase):
             if p.path.endswith(".py") and p.basename() != "tap.py" and pattern.search(p.getContent().decode())
         ]
         self.assertEqual(offenders, [])
+
+
+class PackagingTests(SynchronousTestCase):
+    """
+    What a wheel carries.
+    """
+
+    def test_everyPackageListed(self) -> None:
+        """
+        setup.cfg names every package under directpush/ (it lists them one
+        by one, so a new one is easy to forget and the installed server
+        would not start).
+        """
+        import configparser
+
+        config = configparser.ConfigParser()
+        config.read(ROOT.child("setup.cfg").path)
+        listed = set(config["options"]["packages"].split())
+        present = {
+            ".".join(p.parent().segmentsFrom(ROOT))
+            for p in ROOT.child("directpush").walk()
+            if p.basename() == "__init__.py"
+        }
+        self.assertEqual(present - listed, set())
+        self.assertIn("twisted.plugins", listed)
