@@ -373,7 +373,7 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         return deferToThreadPool(reactor, statePool, f)
 
     try:
-        backend = MaildirBackend(config.mailRoot, runBlocking, reactor)
+        backend = MaildirBackend(config.mailRoot, runBlocking, reactor, reactor=reactor)
     except ValueError as e:
         raise StartupError(f"bad --mail-root: {e}") from None
     databasePath = config.data.child("state.sqlite")

@@ -778,6 +778,32 @@ class BackendContractTests(_Base):
         self.append(bobBox, self.inbox(bobBox), message(2))
         self.assertEqual([c.user for c in bobSeen], [BOB])
 
+    def test_watch(self) -> None:
+        """
+        C{watch} returns a function ending the watch; calling it twice is
+        harmless, unknown folders are ignored, watches of one folder may
+        overlap, and changes made through the backend are announced
+        whatever is watched.
+        """
+        box = self.mailbox()
+        inbox = self.inbox(box)
+        seen = self.changes()
+        unwatch = self.backend.watch(ALICE, frozenset({inbox, "no such folder"}))
+        self.assertTrue(callable(unwatch))
+        again = self.backend.watch(ALICE, frozenset({inbox}))
+        unknown = self.backend.watch(ALICE, frozenset({"no such folder"}))
+        self.flush()
+        self.append(box, inbox, message(1))
+        self.assertEqual(seen, [FolderChange(ALICE, frozenset({inbox}))])
+        unwatch()
+        unwatch()
+        again()
+        unknown()
+        unknown()
+        self.flush()
+        self.append(box, inbox, message(2))
+        self.assertEqual(len(seen), 2)
+
     # isolation
 
     def test_usersIsolated(self) -> None:

@@ -136,6 +136,19 @@ class BuildServiceTests(SynchronousTestCase):
             [str(a) for a in san.get_values_for_type(x509.IPAddress)], ["127.0.0.1", "::1"]
         )
 
+    def test_tlsReleasesIdleBuffers(self) -> None:
+        """
+        TLS listeners let OpenSSL free idle connections' buffers. This pins
+        the private attribute of Twisted's TLS endpoint that reaches the
+        context factory: if Twisted renames it, this fails.
+        """
+        from OpenSSL import SSL
+
+        service, _ = self.build()
+        [listener] = [s for s in service if isinstance(s, tap.ListenService)]
+        context = listener.endpoint._sslContextFactory.getContext()
+        self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+
     def test_listen(self) -> None:
         """
         Explicit endpoints replace the default; no certificate is made.

@@ -60,11 +60,11 @@ import shutil
 import socket
 import stat
 import threading
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
@@ -83,6 +83,9 @@ from ..model import (
     SpecialFolder,
 )
 from ..notify import LocalNotifier
+
+if TYPE_CHECKING:
+    from .maildirwatch import MaildirWatcher
 
 __all__ = [
     "MaildirBackend",
@@ -255,11 +258,25 @@ def _makeMaildir(path: str, subfolder: bool) -> None:
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
+#: Flag sets by the letters that give them: a folder's messages share the
+#: few distinct sets rather than each holding its own (a frozenset is some
+#: 200 bytes). Bounded; frozensets are immutable, so sharing is safe.
+_FLAG_SETS: Dict[str, FrozenSet[Flag]] = {}
+_EMPTY_FLAGS: FrozenSet[Flag] = frozenset()
+
+
 def _flagsOf(filename: str) -> FrozenSet[Flag]:
     _, _, info = filename.partition(":")
     if not info.startswith("2,"):
-        return frozenset()
-    return frozenset(_LETTERS[c] for c in info[2:] if c in _LETTERS)
+        return _EMPTY_FLAGS
+    letters = info[2:]
+    flags = _FLAG_SETS.get(letters)
+    if flags is None:
+        flags = frozenset(_LETTERS[c] for c in letters if c in _LETTERS)
+        if len(_FLAG_SETS) >= 1024:
+            _FLAG_SETS.clear()
+        _FLAG_SETS[letters] = flags
+    return flags
 
 
 def _withFlags(basename: str, oldFilename: Optional[str], flags: Iterable[Flag]) -> str:
@@ -297,21 +314,74 @@ def _hostname() -> str:
 # Mailbox internals
 
 
-@attrs.define
+#: The parts of file names after the basename (":2,S" and the like), one
+#: string for each distinct one. Bounded.
+_TAILS: Dict[str, str] = {}
+
+
 class _Entry:
     """
-    One message file as last seen.
+    One message file as last seen. A folder holds one for each message,
+    so it is kept small: slots, and the file name held as the basename (the
+    very string that keys the folder's entries) and the rest (shared by
+    every entry with the same flags).
 
+    @ivar uid: the message's uid.
     @ivar sub: C{"cur"} or C{"new"}.
     @ivar filename: the file's name in C{sub}.
+    @ivar received: when the message arrived, POSIX seconds.
+    @ivar size: the file's size.
+    @ivar info: the message's L{MessageInfo} once made, L{None} when its
+        file name or uid changed since.
     """
 
-    uid: int
-    sub: str
-    filename: str
-    received: float
-    size: int
-    info: Optional[MessageInfo] = None
+    __slots__ = ("uid", "sub", "_base", "_tail", "received", "size", "info")
+
+    def __init__(
+        self,
+        uid: int,
+        sub: str,
+        filename: str,
+        received: float,
+        size: int,
+        info: Optional[MessageInfo] = None,
+        *,
+        basename: str = "",
+    ) -> None:
+        self.uid = uid
+        self.sub = sub
+        self._base = basename
+        self._tail = ""
+        self.filename = filename
+        self.received = received
+        self.size = size
+        self.info = info
+
+    @property
+    def filename(self) -> str:
+        return self._base + self._tail
+
+    @filename.setter
+    def filename(self, value: str) -> None:
+        base = self._base
+        if base and value.startswith(base):
+            tail = value[len(base) :]
+            shared = _TAILS.get(tail)
+            if shared is None:
+                if len(_TAILS) >= 1024:
+                    _TAILS.clear()
+                shared = _TAILS[tail] = tail
+            self._tail = shared
+        else:
+            # Not named after its basename (never so far): kept whole.
+            self._base = ""
+            self._tail = value
+
+    def __repr__(self) -> str:
+        return (
+            f"_Entry(uid={self.uid!r}, sub={self.sub!r}, filename={self.filename!r}, "
+            f"received={self.received!r}, size={self.size!r}, info={self.info!r})"
+        )
 
     def messageInfo(self) -> MessageInfo:
         if self.info is None:
@@ -333,6 +403,9 @@ class _FolderState:
     @ivar settled: whether those mtimes were old enough, when scanned, to
         prove nothing changed while they stay the same.
     @ivar hasNew: whether some message may still be in C{new/}.
+
+    A listing is made from the entries' cached L{MessageInfo}s each time
+    (no second, listing-shaped copy of them is kept).
     """
 
     dirname: str
@@ -346,7 +419,6 @@ class _FolderState:
     mtimes: Optional[Tuple[int, int]] = None
     settled: bool = False
     hasNew: bool = False
-    listing: Optional[List[MessageInfo]] = None
 
 
 @attrs.frozen
@@ -805,7 +877,6 @@ class MaildirMailbox:
         for basename in basenames:
             entry = state.entries.pop(basename)
             del state.byUid[entry.uid]
-        state.listing = None
         self._compact(state)
 
     def _compact(self, state: _FolderState) -> None:
@@ -816,7 +887,6 @@ class MaildirMailbox:
     def _add(self, state: _FolderState, basename: str, entry: _Entry) -> None:
         state.entries[basename] = entry
         state.byUid[entry.uid] = basename
-        state.listing = None
 
     def _scan(self, state: _FolderState, force: bool = False, claimNew: bool = False) -> None:
         folderPath = self._dirPath(state.dirname)
@@ -869,7 +939,6 @@ class MaildirMailbox:
                 if (entry.sub, entry.filename) != (sub, name):
                     # Renamed for new flags: same message, same uid.
                     entry.sub, entry.filename, entry.info = sub, name, None
-                    state.listing = None
                 continue
             try:
                 st = os.stat(os.path.join(folderPath, sub, name))
@@ -878,7 +947,9 @@ class MaildirMailbox:
             if not stat.S_ISREG(st.st_mode):
                 continue
             known = state.pending.get(basename) if state.pending else None
-            fresh.append((known, basename, _Entry(0, sub, name, _toSeconds(st.st_mtime_ns), st.st_size)))
+            fresh.append(
+                (known, basename, _Entry(0, sub, name, _toSeconds(st.st_mtime_ns), st.st_size, basename=basename))
+            )
         state.pending = None
         if vanished:
             self._forget(state, vanished)
@@ -943,9 +1014,7 @@ class MaildirMailbox:
 
     def _doMessages(self, folderId: str) -> List[MessageInfo]:
         state = self._state(folderId, fresh=True, claimNew=True)
-        if state.listing is None:
-            state.listing = [entry.messageInfo() for entry in state.entries.values()]
-        return list(state.listing)
+        return [entry.info or entry.messageInfo() for entry in state.entries.values()]
 
     def _doMessage(self, folderId: str, uid: str) -> bytes:
         def read(state: _FolderState, basename: str, entry: _Entry, path: str) -> bytes:
@@ -992,7 +1061,7 @@ class MaildirMailbox:
             raise
         _fsyncDirectory(os.path.join(folderPath, sub))
         state.hasNew = state.hasNew or sub == "new"
-        entry = _Entry(state.nextUid, sub, filename, _toSeconds(mtime), len(raw))
+        entry = _Entry(state.nextUid, sub, filename, _toSeconds(mtime), len(raw), basename=basename)
         state.nextUid += 1
         self._add(state, basename, entry)
         self._appendUidList(state, [(entry.uid, basename)])
@@ -1008,7 +1077,6 @@ class MaildirMailbox:
             target = _withFlags(basename, entry.filename, wanted)
             os.rename(path, os.path.join(self._dirPath(state.dirname), "cur", target))
             entry.sub, entry.filename, entry.info = "cur", target, None
-            state.listing = None
             return changed
 
         return self._withFile(folderId, uid, rename)
@@ -1042,11 +1110,12 @@ class MaildirMailbox:
             os.unlink(path)
             _fsyncDirectory(os.path.join(folderPath, "cur"))
             del state.entries[basename]
-            state.entries[newBasename] = _Entry(entry.uid, "cur", filename, entry.received, len(raw))
+            state.entries[newBasename] = _Entry(
+                entry.uid, "cur", filename, entry.received, len(raw), basename=newBasename
+            )
             # Entries stay in uid order (listings rely on it).
             state.entries = dict(sorted(state.entries.items(), key=lambda item: item[1].uid))
             state.byUid[entry.uid] = newBasename
-            state.listing = None
 
         self._withFile(folderId, uid, replace)
 
@@ -1070,7 +1139,7 @@ class MaildirMailbox:
                 os.rename(path, os.path.join(targetCur, filename))
                 _fsyncDirectory(targetCur)
                 self._forget(state, [basename])
-            moved = _Entry(target.nextUid, sub, filename, entry.received, entry.size)
+            moved = _Entry(target.nextUid, sub, filename, entry.received, entry.size, basename=newBasename)
             target.nextUid += 1
             self._add(target, newBasename, moved)
             self._appendUidList(target, [(moved.uid, newBasename)])
@@ -1212,6 +1281,10 @@ class MaildirBackend:
         result.
     @param clock: the time for arrival stamps and scan decisions.
     @param notifier: announces changes; a L{LocalNotifier} by default.
+    @param reactor: provides L{IReactorFDSet}, to watch folders with
+        inotify for L{watch} (see L{directpush.backends.maildirwatch});
+        L{None}: no watching, only changes made through this backend
+        are announced.
     """
 
     def __init__(
@@ -1220,6 +1293,7 @@ class MaildirBackend:
         runBlocking: RunBlocking[object],
         clock: IReactorTime,
         notifier: Optional[IChangeNotifier] = None,
+        reactor: Optional[IReactorFDSet] = None,
     ) -> None:
         if isinstance(root, str) and "%" not in root:
             root = FilePath(root)
@@ -1238,6 +1312,8 @@ class MaildirBackend:
         self._mailboxes: Dict[str, MaildirMailbox] = {}
         self._counter = itertools.count(1)
         self._host = _hostname()
+        self._reactor = reactor
+        self._watcher: Optional["MaildirWatcher"] = None
 
     def pathFor(self, user: str) -> str:
         """
@@ -1274,6 +1350,24 @@ class MaildirBackend:
         if not path.startswith(self._fixed.rstrip(os.sep) + os.sep):
             raise UnsafeUserName(user)
         return path
+
+    def watch(self, user: str, folderIds: FrozenSet[str]) -> Callable[[], None]:
+        """
+        Announce changes others make to these folders (inotify, see
+        L{directpush.backends.maildirwatch}); without a reactor, or where
+        inotify is missing, nothing is watched.
+        """
+        if self._watcher is None:
+            if self._reactor is None:
+                return lambda: None
+            try:
+                from .maildirwatch import MaildirWatcher
+            except ImportError:
+                log.warn("no inotify here: only changes made through this server are pushed")
+                self._reactor = None
+                return lambda: None
+            self._watcher = MaildirWatcher(self, self._reactor, self._clock)
+        return self._watcher.watch(user, folderIds)
 
     def mailbox(self, user: str) -> "Deferred[IMailbox]":
         try:

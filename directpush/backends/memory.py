@@ -237,10 +237,14 @@ class MemoryBackend:
         """
         Every change passes through this backend, so it is always announced.
         """
-        self.watches.append((user, frozenset(folderIds)))
+        watch = (user, frozenset(folderIds))
+        self.watches.append(watch)
+        done = []
 
         def unwatch() -> None:
-            self.watches.remove((user, frozenset(folderIds)))
+            if not done:  # calling it again is harmless
+                done.append(True)
+                self.watches.remove(watch)
 
         return unwatch
 
