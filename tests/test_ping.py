@@ -200,6 +200,30 @@ class PingStatusTests(PingTestCase):
         self.assertEqual(self.status(self.successResultOf(d)), "1")
         self.assertAllFreed()
 
+    def test_heartbeatFromArrival(self) -> None:
+        """
+        Time spent on the Ping's own state work (a busy state store) counts
+        against its heartbeat: the answer still leaves 5 s before the
+        heartbeat ends, counted from the request's arrival.
+        """
+        from twisted.internet.task import deferLater
+
+        real = self.store.load
+
+        def slowLoad(user: str, device: str, key: str):
+            return deferLater(self.clock, 10, lambda: None).addCallback(lambda _: real(user, device, key))
+
+        self.store.load = slowLoad  # type: ignore[method-assign]
+        d = self.startPing()
+        self.assertNoResult(d)
+        for _ in range(8):
+            self.clock.advance(10)  # each state read takes 10 s
+        self.assertNoResult(d)
+        self.clock.advance(474.9 - 80)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.status(self.successResultOf(d)), "1")
+
     def test_caching(self) -> None:
         """
         An empty Ping reuses the cached heartbeat and folders; a Ping with

@@ -75,6 +75,9 @@ async def ping(
 ) -> Response:
     if services.hub is None:
         return _status(SERVER_ERROR)
+    # The heartbeat runs from the request's arrival: under load the state
+    # work below may take a while, and the client's clock started at once.
+    arrived = services.clock.seconds()
     services.supersede(request)
     async with services.deviceLock(request):
         checked = await _parameters(services, request, document)
@@ -93,7 +96,7 @@ async def ping(
             request.user,
             request.deviceId,
             folderIds,
-            heartbeat - answerMargin(heartbeat),
+            heartbeat - answerMargin(heartbeat) - (services.clock.seconds() - arrived),
             lambda touched: changedFolders(services, request, touched),
         )
         if not result:

@@ -179,6 +179,7 @@ async def sync(
     or C{HeartbeatInterval} (12.1+), hold an answer that has nothing to
     say until a collection changes or the interval ends.
     """
+    arrived = services.clock.seconds()
     services.supersede(request)
     async with services.deviceLock(request):
         response, hang = await _syncOnce(services, request, document, body)
@@ -191,7 +192,7 @@ async def sync(
         request.user,
         request.deviceId,
         collectionIds,
-        seconds - answerMargin(seconds),
+        seconds - answerMargin(seconds) - (services.clock.seconds() - arrived),
         lambda touched: changedFolders(services, request, touched),
     )
     if not changed:
