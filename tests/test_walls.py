@@ -85,3 +85,17 @@ class PackagingTests(SynchronousTestCase):
         }
         self.assertEqual(present - listed, set())
         self.assertIn("twisted.plugins", listed)
+
+
+class DeviceWallTests(SynchronousTestCase):
+    """
+    The device is a client, as a phone is.
+    """
+
+    def test_deviceImportsNoServerRoom(self) -> None:
+        """
+        directpush.device loads none of web, push, backends, state, tap.
+        """
+        loaded = importedBy("directpush.device.__main__")
+        rooms = ("directpush.web", "directpush.push", "directpush.backends", "directpush.state", "directpush.tap")
+        self.assertEqual({m for m in loaded if m.startswith(rooms)}, set())
