@@ -580,7 +580,6 @@ class ItemTests(CommandTestCase):
         self.assertEqual(estimate("nope", "zz-1").findtext("Status"), "2")
 
     def fetch(self, *children: wbxml.Element, multipart: bool = False):
-        params = ""
         self.phone.deviceType = "iPhone"
         document = E("ItemOperations:ItemOperations", E("Fetch", E("Store", "Mailbox"), *children))
         if multipart:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.message
 import email.utils
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from twisted.internet.ssl import Certificate
 from twisted.logger import capturedLogs
@@ -141,7 +141,7 @@ class PhoneEndToEndTests(TestCase):
             self.assertIsNotNone(device.policyKey)
             self.assertEqual((await device.folderSync()).findtext("Status"), "1")
         inbox = phone.folderOfType(2)
-        trash, sent = phone.folderOfType(4), phone.folderOfType(5)
+        sent = phone.folderOfType(5)
 
         # Paged initial Sync of the 1,000-message Inbox.
         rounds = await phone.syncAll(inbox, windowSize=100)

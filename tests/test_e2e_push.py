@@ -8,7 +8,6 @@ brings the message.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap

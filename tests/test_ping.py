@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from directpush import wbxml
 from directpush.interfaces import IPushHub, ISubmission
-from directpush.model import Flag, FolderType
+from directpush.model import FolderType
 from directpush.protocol.commands import makeDispatcher
 from directpush.push import PushHub
 from directpush.wbxml import E

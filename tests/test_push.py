@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import FrozenSet, List
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 

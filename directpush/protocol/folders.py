@@ -19,7 +19,6 @@ from .. import wbxml
 from ..model import (
     Folder,
     FolderExists,
-    FolderType,
     InvalidFolderName,
     MailboxError,
     NoSuchFolder,

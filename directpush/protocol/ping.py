@@ -20,7 +20,7 @@ from .core import Services, dumps, loads
 from .dispatch import Response, wbxmlResponse
 from .folders import loadHierarchy
 from .request import EASRequest
-from .sync import filterType, pendingChanges, stateKey
+from .sync import pendingChanges, stateKey
 
 log = Logger()
 
