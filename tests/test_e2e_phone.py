@@ -12,19 +12,18 @@ from __future__ import annotations
 import email.message
 import email.utils
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
-from twisted.internet.ssl import Certificate
-from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, readBody
+from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
 
-from directpush import auth, certificate, tap
+from directpush import auth
 from directpush.wbxml import E
 
 from .phone import Phone, Transport, basicAuth
+from .server import RunningServer
 
 USER = "alice@example.org"
 PASSWORD = "Correct-Horse-9"
@@ -82,39 +81,11 @@ class PhoneEndToEndTests(TestCase):
             path = self.maildir.child("new").child(f"{NOW + n}.M{n}P1.test")
             path.setContent(rawMessage(n, attachment=(n == INBOX_SIZE - 1)))
             os.utime(path.path, (NOW + n, NOW + n))
-        key, cert, _ = certificate.ensureSelfSigned(self.data.child("tls"), "localhost")
-        options = tap.Options()
-        options.parseOptions(
-            [
-                "--data", self.data.path,
-                "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key.path}:certKey={cert.path}",
-                "--domain", "example.org",
-            ]
-        )
-        with capturedLogs():
-            self.service = tap.buildService(tap.configFromOptions(options), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        [listener] = [s for s in self.service if isinstance(s, tap.ListenService)]
-        self.port = listener._port.getHost().port
-        self.agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert.getContent())))
+        self.server = RunningServer(self, self.data, ["--domain", "example.org"])
+        self.agent = self.server.agent
 
     def transport(self) -> Transport:
-        async def send(query: bytes, headers: Dict[str, str], body: bytes) -> Tuple[int, Optional[str], bytes]:
-            from twisted.web.client import FileBodyProducer
-            from io import BytesIO
-
-            h = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
-            h.addRawHeader(b"Authorization", basicAuth(USER, PASSWORD).encode())
-            url = f"https://localhost:{self.port}/Microsoft-Server-ActiveSync?".encode() + query
-            producer = FileBodyProducer(BytesIO(body)) if body else None
-            response = await self.agent.request(b"POST", url, h, producer)
-            data = await readBody(response)
-            contentType = response.headers.getRawHeaders(b"Content-Type", [None])[0]
-            return response.code, contentType.decode() if contentType else None, data
-
-        return send
+        return self.server.transport(USER, PASSWORD)
 
     def folderDir(self, name: Optional[str]) -> FilePath:
         return self.maildir if name is None else self.maildir.child("." + name)
@@ -126,7 +97,7 @@ class PhoneEndToEndTests(TestCase):
         # OPTIONS and Settings, as iOS starts.
         h = Headers({b"Authorization": [basicAuth(USER, PASSWORD).encode()]})
         options = await self.agent.request(
-            b"OPTIONS", f"https://localhost:{self.port}/Microsoft-Server-ActiveSync".encode(), h
+            b"OPTIONS", self.server.url, h
         )
         await readBody(options)
         self.assertIn(version.encode(), options.headers.getRawHeaders(b"MS-ASProtocolVersions")[0])

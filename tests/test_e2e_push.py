@@ -11,21 +11,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from io import BytesIO
-from typing import Dict, Optional, Tuple
 
 from twisted.internet import defer
-from twisted.internet.ssl import Certificate
-from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, readBody
-from twisted.web.http_headers import Headers
 
-from directpush import auth, certificate, tap
+from directpush import auth
 from directpush.wbxml import E
 
-from .phone import Phone, Transport, basicAuth
+from .phone import Phone, Transport
+from .server import RunningServer
 
 USER = "carol@example.org"
 PASSWORD = "Push-Me-7"
@@ -54,42 +49,14 @@ class PushEndToEndTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        from twisted.internet import reactor
-
         self.data = FilePath(self.mktemp())
         self.data.makedirs()
         auth.writePasswd(self.data.child("users"), {USER: "{PLAIN}" + PASSWORD})
-        key, cert, _ = certificate.ensureSelfSigned(self.data.child("tls"), "localhost")
-        options = tap.Options()
-        options.parseOptions(
-            [
-                "--data", self.data.path,
-                "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key.path}:certKey={cert.path}",
-                "--policy", "none",
-                "--render-workers", "0",
-            ]
-        )
-        with capturedLogs():
-            self.service = tap.buildService(tap.configFromOptions(options), reactor)
-        self.service.privilegedStartService()
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        [listener] = [s for s in self.service if isinstance(s, tap.ListenService)]
-        self.port = listener._port.getHost().port
-        self.agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(cert.getContent())))
+        self.server = RunningServer(self, self.data, ["--policy", "none", "--render-workers", "0"])
+        self.service = self.server.service
 
     def transport(self) -> Transport:
-        async def send(query: bytes, headers: Dict[str, str], body: bytes) -> Tuple[int, Optional[str], bytes]:
-            h = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
-            h.addRawHeader(b"Authorization", basicAuth(USER, PASSWORD).encode())
-            url = f"https://localhost:{self.port}/Microsoft-Server-ActiveSync?".encode() + query
-            producer = FileBodyProducer(BytesIO(body)) if body else None
-            response = await self.agent.request(b"POST", url, h, producer)
-            data = await readBody(response)
-            contentType = response.headers.getRawHeaders(b"Content-Type", [None])[0]
-            return response.code, contentType.decode() if contentType else None, data
-
-        return send
+        return self.server.transport(USER, PASSWORD)
 
     async def test_deliveryWakesPing(self) -> None:
         """

@@ -13,10 +13,11 @@ from typing import Dict, List, Optional, Tuple
 from twisted.logger import Logger
 
 from .. import wbxml
-from ..model import Flag, MailboxError, NoSuchFolder, NoSuchMessage
+from ..model import MailboxError, NoSuchFolder, NoSuchMessage
 from ..wbxml import E
 from . import mail
 from .core import Services, dumps, folderById, loads, splitServerId
+from .render import jobFor
 from .dispatch import Response, errorResponse, wbxmlResponse
 from .request import EASRequest
 from .sync import filterType, itemState, pendingChanges, stateKey
@@ -160,15 +161,7 @@ async def _fetch(
         reply.add("Status", "6")
         return reply
     mailOptions = mail.parseOptions(_asSyncOptions(options), version=request.version)
-    data = mail.applicationData(
-        raw,
-        read=Flag.SEEN in info.flags,
-        flagged=Flag.FLAGGED in info.flags,
-        answered=Flag.ANSWERED in info.flags,
-        received=info.received,
-        options=mailOptions,
-        fileReferencePrefix=f"{folderId}:{uid}",
-    )
+    [data] = await services.render([jobFor(raw, info, folderId, mailOptions)])
     if parts.enabled:
         body = data.find("AirSyncBase:Body")
         if body is not None:

@@ -15,6 +15,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import wbxml
+from ..model import Flag, MessageInfo
 from . import mail
 
 
@@ -35,6 +36,25 @@ class RenderJob:
 
 
 Renderer = Callable[[Sequence[RenderJob]], "Deferred[List[wbxml.Element]]"]
+
+
+def jobFor(
+    raw: bytes, info: MessageInfo, folderId: str, options: mail.MailOptions, includeBody: bool = True
+) -> RenderJob:
+    """
+    The job that renders message C{info} of folder C{folderId}, its flags
+    as the listing gives them.
+    """
+    return RenderJob(
+        raw,
+        Flag.SEEN in info.flags,
+        Flag.FLAGGED in info.flags,
+        Flag.ANSWERED in info.flags,
+        info.received,
+        options,
+        f"{folderId}:{info.uid}",
+        includeBody,
+    )
 
 
 def renderAll(jobs: Sequence[RenderJob]) -> List[wbxml.Element]:

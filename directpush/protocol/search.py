@@ -21,6 +21,7 @@ from ..model import Flag, Folder, MailboxError, MessageInfo
 from ..wbxml import E
 from . import mail
 from .core import Services, folderById, folderIsMail
+from .render import jobFor
 from .dispatch import Response, wbxmlResponse
 from .request import EASRequest
 
@@ -146,16 +147,8 @@ async def search(
     options = mail.parseOptions(_bodyOptions(store.find("Options")), version=request.version)
     page = found[wanted[0] : wanted[1] + 1]
     result.add("Status", "1")
-    for folder, info, raw in page:
-        data = mail.applicationData(
-            raw,
-            read=Flag.SEEN in info.flags,
-            flagged=Flag.FLAGGED in info.flags,
-            answered=Flag.ANSWERED in info.flags,
-            received=info.received,
-            options=options,
-            fileReferencePrefix=f"{folder.id}:{info.uid}",
-        )
+    rendered = await services.render([jobFor(raw, info, folder.id, options) for folder, info, raw in page])
+    for (folder, info, raw), data in zip(page, rendered):
         result.add(
             "Result",
             E("AirSync:Class", "Email"),

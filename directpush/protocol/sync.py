@@ -25,7 +25,7 @@ from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchM
 from ..wbxml import E
 from . import mail
 from .compose import addMissingHeaders
-from .render import RenderJob
+from .render import jobFor
 from .core import Services, dumps, folderById, loads, newKey, nextKey
 from .dispatch import Response, wbxmlResponse
 from .request import EASRequest
@@ -304,17 +304,7 @@ async def _render(
             if not raw.check(NoSuchMessage):
                 raw.raiseException()
             continue
-        jobs.append(
-            RenderJob(
-                raw,
-                Flag.SEEN in info.flags,
-                Flag.FLAGGED in info.flags,
-                Flag.ANSWERED in info.flags,
-                info.received,
-                options,
-                f"{folder.id}:{info.uid}",
-            )
-        )
+        jobs.append(jobFor(raw, info, folder.id, options))
         uids.append(info.uid)
     return dict(zip(uids, await services.render(jobs)))
 
@@ -535,15 +525,7 @@ async def _applyCommands(
                 items.pop(uid, None)
             elif command.name == "Fetch":
                 raw = await mailbox.message(folder.id, uid)
-                data = mail.applicationData(
-                    raw,
-                    read=Flag.SEEN in info.flags,
-                    flagged=Flag.FLAGGED in info.flags,
-                    answered=Flag.ANSWERED in info.flags,
-                    received=info.received,
-                    options=options,
-                    fileReferencePrefix=f"{folder.id}:{uid}",
-                )
+                [data] = await services.render([jobFor(raw, info, folder.id, options)])
                 responses.add("Fetch", E("ServerId", serverId), E("Status", OK), data)
             else:
                 responses.add(command.name, E("ServerId", serverId), E("Status", PROTOCOL_ERROR))
