@@ -659,8 +659,29 @@ class ItemTests(CommandTestCase):
         self.assertEqual(len(self.messages(FolderType.SENT)), 1)
         self.assertTrue(newId.startswith(sent + ":"))
         self.assertIsNone(self.drive(self.phone.call("Sync", E("AirSync:Sync", E("Collections", self.phone.collectionRequest(self.inbox), self.phone.collectionRequest(sent))))))
-        bad = self.drive(self.phone.call("MoveItems", E("Move:MoveItems", E("Move", E("SrcMsgId", f"{self.inbox}:{uid}"), E("SrcFldId", self.inbox), E("DstFldId", sent)), E("Move", E("SrcMsgId", newId), E("SrcFldId", sent), E("DstFldId", "nope")))))
+        bad = self.drive(self.phone.call("MoveItems", E("Move:MoveItems", E("Move", E("SrcMsgId", f"{self.inbox}:999"), E("SrcFldId", self.inbox), E("DstFldId", sent)), E("Move", E("SrcMsgId", newId), E("SrcFldId", sent), E("DstFldId", "nope")))))
         self.assertEqual([r.findtext("Status") for r in bad.findall("Response")], ["1", "2"])
+
+    def test_moveItemsRepeated(self) -> None:
+        """
+        A device whose MoveItems answer was lost sends it again: it gets
+        the same new id (the destination's state already holds the item,
+        so no Sync would ever show it), and nothing moves twice.
+        """
+        uid = self.deliver("move me")
+        sent = self.folderId(FolderType.SENT)
+        self.drive(self.phone.syncAll(self.inbox))
+        self.drive(self.phone.syncAll(sent))
+        move = E("Move:MoveItems", E("Move", E("SrcMsgId", f"{self.inbox}:{uid}"), E("SrcFldId", self.inbox), E("DstFldId", sent)))
+        first = self.drive(self.phone.call("MoveItems", move))
+        again = self.drive(self.phone.call("MoveItems", move))
+        self.assertEqual(again.findtext("Response/Status"), "3")
+        self.assertEqual(again.findtext("Response/DstMsgId"), first.findtext("Response/DstMsgId"))
+        self.assertEqual(len(self.messages(FolderType.SENT)), 1)
+        self.assertEqual(self.messages(), {})
+        # A move to another folder is not taken for the same one.
+        other = self.drive(self.phone.call("MoveItems", E("Move:MoveItems", E("Move", E("SrcMsgId", f"{self.inbox}:{uid}"), E("SrcFldId", self.inbox), E("DstFldId", self.folderId(FolderType.DRAFTS))))))
+        self.assertEqual(other.findtext("Response/Status"), "1")
 
 
 class SendTests(CommandTestCase):

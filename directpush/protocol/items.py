@@ -26,6 +26,11 @@ log = Logger()
 
 MULTIPART_TYPE = "application/vnd.ms-sync.multipart"
 
+#: The device's last moves, [SrcMsgId, DstFldId, DstMsgId]: a repeated
+#: MoveItems whose answer was lost gets the same answer.
+MOVES = "moves"
+MOVE_MEMORY = 200
+
 
 async def getItemEstimate(
     services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
@@ -240,6 +245,8 @@ async def moveItems(
     folders = await folderById(mailbox)
     answer = E("Move:MoveItems")
     states: Dict[str, Optional[dict]] = {}
+    moves: List[List[str]] = loads(await services.store.load(request.user, request.deviceId, MOVES)) or []
+    moved = len(moves)
 
     async def state(collectionId: str) -> Optional[dict]:
         if collectionId not in states:
@@ -267,6 +274,18 @@ async def moveItems(
             listing = {i.uid: i for i in await mailbox.messages(source)}
             info = listing.get(ids[1])
             if info is None:
+                done = [m[2] for m in moves if m[:2] == [srcMsgId, destination]]
+                if done:
+                    # The first answer was lost after the move and its state
+                    # were saved: the destination's state already has it,
+                    # so only this answer can tell the device.
+                    log.info(
+                        "{user} device {device} repeats a move of {item}",
+                        user=request.user, device=request.deviceId, item=srcMsgId,
+                    )
+                    response.add("Status", "3")
+                    response.add("DstMsgId", done[-1])
+                    continue
                 raise NoSuchMessage(srcMsgId)
             newUid = await mailbox.move(source, ids[1], destination)
         except NoSuchMessage:
@@ -285,7 +304,10 @@ async def moveItems(
             destinationState["items"][newUid] = itemState(info)
         response.add("Status", "3")
         response.add("DstMsgId", f"{destination}:{newUid}")
+        moves.append([srcMsgId, destination, f"{destination}:{newUid}"])
     updates = {stateKey(k): dumps(v) for k, v in states.items() if v is not None}
+    if len(moves) > moved:
+        updates[MOVES] = dumps(moves[-MOVE_MEMORY:])
     if updates:
         await services.store.save(request.user, request.deviceId, updates)
     return wbxmlResponse(answer)
