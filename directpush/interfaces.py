@@ -181,10 +181,17 @@ class ISubmission(Interface):
     others through a smarthost.
     """
 
-    def submit(user: str, sender: str, recipients: "Sequence[str]", raw: bytes) -> "Deferred[None]":
+    def submit(
+        user: str, sender: str, recipients: "Sequence[str]", raw: bytes, retrySince: Optional[float] = None
+    ) -> "Deferred[None]":
         """
         Deliver C{raw} (RFC 5322, Bcc already removed) from C{sender} to
         every address in C{recipients}.
+
+        @param retrySince: given when an earlier attempt to send this very
+            message (same Message-ID), begun at that time, was cut short:
+            recipients whose mailbox the submission can see and who already
+            have it do not get it again.
         """
 
 

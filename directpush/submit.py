@@ -73,6 +73,8 @@ from zope.interface import implementer
 
 from .interfaces import IDirectory, IMailboxBackend, ISubmission
 from .model import FolderType
+from .protocol import mail
+from .protocol.core import findByMessageId
 
 log = Logger()
 
@@ -368,16 +370,18 @@ class Submission:
         self._timeout = timeout
 
     def submit(
-        self, user: str, sender: str, recipients: Sequence[str], raw: bytes
+        self, user: str, sender: str, recipients: Sequence[str], raw: bytes, retrySince: Optional[float] = None
     ) -> "Deferred[None]":
         """
         Deliver C{raw} from C{sender} to C{recipients}; fails with
-        L{SubmissionError}.
+        L{SubmissionError}. A retry (C{retrySince}) skips local recipients
+        who already have the message; the smarthost gets it again, as SMTP
+        cannot tell whether it took it before.
         """
-        return Deferred.fromCoroutine(self._submit(user, sender, recipients, raw))
+        return Deferred.fromCoroutine(self._submit(user, sender, recipients, raw, retrySince))
 
     async def _submit(
-        self, user: str, sender: str, recipients: Sequence[str], raw: bytes
+        self, user: str, sender: str, recipients: Sequence[str], raw: bytes, retrySince: Optional[float] = None
     ) -> None:
         if sender and not validAddress(sender):
             log.warn("submission by {user} refused: invalid sender address", user=user)
@@ -418,7 +422,7 @@ class Submission:
         if remoteAddresses:
             await self._relay(user, sender, remoteAddresses, raw)
         if localUsers:
-            await self._deliverLocally(user, sender, localUsers, raw)
+            await self._deliverLocally(user, sender, localUsers, raw, retrySince)
         log.info(
             "submission by {user} delivered: {local} local, {remote} remote recipients",
             user=user,
@@ -427,14 +431,21 @@ class Submission:
         )
 
     async def _deliverLocally(
-        self, user: str, sender: str, localUsers: List[str], raw: bytes
+        self, user: str, sender: str, localUsers: List[str], raw: bytes, retrySince: Optional[float]
     ) -> None:
         message = withReturnPath(sender, raw)
+        messageId = mail.summary(raw).messageId if retrySince is not None else None
         for recipient in localUsers:
             try:
                 mailbox = await self._backend.mailbox(recipient)
                 folders = await mailbox.folders()
                 inbox = next(f for f in folders if f.type == FolderType.INBOX)
+                if messageId and await findByMessageId(mailbox, inbox.id, messageId, retrySince or 0.0):
+                    log.info(
+                        "local delivery to {recipient} (submitted by {user}) was done before a crash: not repeated",
+                        recipient=recipient, user=user,
+                    )
+                    continue
                 await mailbox.append(inbox.id, message)
             except Exception:
                 log.failure(

@@ -19,6 +19,7 @@ from directpush import wbxml
 from directpush.backends.memory import MemoryBackend
 from directpush.interfaces import IDirectory, ISubmission
 from directpush.model import Flag, FolderType
+from directpush.protocol import mail
 from directpush.protocol.commands import makeDispatcher
 from directpush.protocol.core import Policy, Services
 from directpush.state.memory import MemoryStateStore
@@ -57,15 +58,17 @@ def message(
 class FakeSubmission:
     def __init__(self, backend: MemoryBackend) -> None:
         self.sent: List[Tuple[str, str, List[str], bytes]] = []
+        self.retries: List[Optional[float]] = []
         self.backend = backend
         self.fail: Optional[Exception] = None
 
-    def submit(self, user: str, sender: str, recipients: Any, raw: bytes) -> "Deferred[None]":
+    def submit(self, user: str, sender: str, recipients: Any, raw: bytes, retrySince: Any = None) -> "Deferred[None]":
         if self.fail is not None:
             from twisted.internet.defer import fail
 
             return fail(self.fail)
         self.sent.append((user, sender, list(recipients), raw))
+        self.retries.append(retrySince)
         return succeed(None)
 
 
@@ -710,6 +713,41 @@ class SendTests(CommandTestCase):
         again = self.drive(self.phone.sendMail(mime, "c-1"))
         self.assertEqual(again.findtext("Status"), "118")
         self.assertEqual(len(self.submission.sent), 1)
+
+    def test_sendCutShort(self) -> None:
+        """
+        A crash after the mail left but before the send was recorded (here:
+        the last state write fails) makes the device send it again with
+        the same ClientId: the submission is told it is a retry, the
+        Message-ID the server added is the same, the Sent copy is not
+        doubled, and a third try is 118.
+        """
+        failing = {"left": 1}
+        save = self.store.save
+
+        def crashingSave(user: str, device: str, values: Any) -> "Deferred[None]":
+            if "sentids" in values and failing["left"]:
+                failing["left"] -= 1
+                from twisted.internet.defer import fail
+
+                return fail(RuntimeError("killed"))
+            return save(user, device, values)
+
+        self.store.save = crashingSave  # type: ignore[method-assign]
+        mime = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: once\r\n\r\nbody\r\n"
+        first = Deferred.fromCoroutine(self.phone.sendMail(mime, "c-9"))
+        self.failureResultOf(first, RuntimeError)
+        self.clock.advance(30)
+        self.assertIsNone(self.drive(self.phone.sendMail(mime, "c-9")))
+        self.assertEqual(len(self.submission.sent), 2)
+        self.assertEqual(self.submission.retries[0], None)
+        self.assertEqual(self.submission.retries[1], NOW - 2)
+        ids = [mail.summary(raw).messageId for _, _, _, raw in self.submission.sent]
+        self.assertEqual(ids[0], ids[1])
+        self.assertIsNotNone(ids[0])
+        self.assertEqual(len(self.messages(FolderType.SENT)), 1)
+        self.assertEqual(self.drive(self.phone.sendMail(mime, "c-9")).findtext("Status"), "118")
+        self.assertEqual(len(self.submission.sent), 2)
 
     def test_failures(self) -> None:
         """

@@ -30,7 +30,7 @@ class LocalSubmission:
     def __init__(self, case: "PingTestCase") -> None:
         self.case = case
 
-    def submit(self, user: str, sender: str, recipients: Any, raw: bytes) -> "Deferred[None]":
+    def submit(self, user: str, sender: str, recipients: Any, raw: bytes, retrySince: Any = None) -> "Deferred[None]":
         if USER in recipients:
             self.case.successResultOf(self.case.mailbox.append(self.case.folderId(FolderType.INBOX), raw))
         return succeed(None)

@@ -295,6 +295,28 @@ class LocalDeliveryTests(SubmissionTestsMixin, SynchronousTestCase):
         self.assertEqual(self.inbox("bob"), [b"Return-Path: <alice@example.org>\r\n" + MESSAGE])
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def test_retryNotRepeated(self) -> None:
+        """
+        A retry of a send cut short by a crash (C{retrySince}) does not
+        deliver again to a local recipient who already has the message
+        (same Message-ID, arrived since then), but does deliver to one who
+        does not, and a copy older than the first attempt does not count.
+        """
+        withId = b"Message-ID: <once@example.org>\r\n" + MESSAGE
+        self.reactor.advance(100)
+        self.successResultOf(self.submission().submit("alice", "alice@example.org", ["bob@example.org"], withId))
+        self.reactor.advance(100)
+        began = self.reactor.seconds() - 1
+        self.successResultOf(
+            self.submission().submit("alice", "alice@example.org", ["bob@example.org"], withId, retrySince=began - 500)
+        )
+        self.assertEqual(len(self.inbox("bob")), 1)
+        self.successResultOf(
+            self.submission().submit("alice", "alice@example.org", ["alice@example.org", "bob@example.org"], withId, retrySince=began)
+        )
+        self.assertEqual(len(self.inbox("alice")), 1)
+        self.assertEqual(len(self.inbox("bob")), 2)
+
     def test_onceEach(self) -> None:
         """
         A user listed twice, under two spellings or two addresses, gets one

@@ -7,7 +7,8 @@ raw MIME bodies up to 12.1, ComposeMail documents from 14.0.
 from __future__ import annotations
 
 import email.utils
-from typing import List, Optional
+import hashlib
+from typing import Dict, List, Optional
 
 from twisted.logger import Logger
 
@@ -24,6 +25,7 @@ from .core import (
     STATUS_SUBMISSION_FAILED,
     Services,
     dumps,
+    findByMessageId,
     folderOfType,
     loads,
     splitServerId,
@@ -36,19 +38,34 @@ log = Logger()
 SENT_IDS = "sentids"
 #: How many ClientIds of sent mail a device's state remembers.
 SENT_ID_MEMORY = 500
+#: ClientId -> when its sending began, until it is done: a device repeating
+#: a send whose answer was lost to a crash meets it here.
+SENDING = "sending"
+SENDING_MEMORY = 50
+#: Stored times are compared with mailbox arrival times, which some stores
+#: keep to the second only.
+ARRIVAL_SLACK = 2.0
 
 
-def addMissingHeaders(raw: bytes, domain: str, now: float) -> bytes:
+def addMissingHeaders(raw: bytes, domain: str, now: float, stableId: str = "") -> bytes:
     """
     Phones normally write Date and Message-ID; add what is missing, in
     front, so that the client's bytes stay as they are.
+
+    @param stableId: when given, the Message-ID is made from it, so that a
+        repeated send of the same mail carries the same one.
     """
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].lower()
     extra = b""
     if not head.startswith(b"date:") and b"\ndate:" not in head:
         extra += b"Date: " + email.utils.formatdate(now).encode("ascii") + b"\r\n"
     if not head.startswith(b"message-id:") and b"\nmessage-id:" not in head:
-        extra += b"Message-ID: " + email.utils.make_msgid(domain=domain).encode("ascii") + b"\r\n"
+        if stableId:
+            local = hashlib.sha256(stableId.encode("utf-8")).hexdigest()[:32]
+            messageId = f"<{local}@{domain}>"
+        else:
+            messageId = email.utils.make_msgid(domain=domain)
+        extra += b"Message-ID: " + messageId.encode("ascii") + b"\r\n"
     return extra + raw
 
 
@@ -96,8 +113,12 @@ async def compose(
         return failure(STATUS_INVALID_CONTENT)
 
     sent: List[str] = []
+    sending: Dict[str, float] = {}
+    retrySince: Optional[float] = None
     if clientId:
         sent = loads(await services.store.load(request.user, request.deviceId, SENT_IDS)) or []
+        sending = loads(await services.store.load(request.user, request.deviceId, SENDING)) or {}
+        retrySince = sending.get(clientId)
         if clientId in sent:
             log.info(
                 "{user} device {device} repeats {command} {clientId}: not sent again",
@@ -120,14 +141,29 @@ async def compose(
             message = mail.quoteForReply(original, message, forward=command == "SmartForward")
 
     address = services.address(request.user)
-    message = addMissingHeaders(message, address.rpartition("@")[2] or "localhost", services.clock.seconds())
-    recipients = mail.summary(message).recipients
+    now = services.clock.seconds()
+    stableId = f"{request.user}\0{request.deviceId}\0{clientId}" if clientId else ""
+    message = addMissingHeaders(message, address.rpartition("@")[2] or "localhost", now, stableId)
+    summary = mail.summary(message)
+    recipients = summary.recipients
     if not recipients:
         return failure(STATUS_NO_RECIPIENT)
     if services.submission is None:
         return failure(STATUS_SUBMISSION_FAILED)
+    if retrySince is not None:
+        log.info(
+            "{user} device {device} repeats {command} {clientId}, begun before a crash: finishing it",
+            user=request.user, device=request.deviceId, command=command, clientId=clientId,
+        )
+    elif clientId:
+        # Durably, before anything leaves: a crash from here on is found by
+        # the device's repeat, which then skips what was already done.
+        sending[clientId] = now
+        sending = dict(sorted(sending.items(), key=lambda kv: kv[1])[-SENDING_MEMORY:])
+        await services.store.save(request.user, request.deviceId, {SENDING: dumps(sending)})
+    since = None if retrySince is None else retrySince - ARRIVAL_SLACK
     try:
-        await services.submission.submit(request.user, address, recipients, mail.stripBcc(message))
+        await services.submission.submit(request.user, address, recipients, mail.stripBcc(message), since)
     except Exception as e:
         # The submission's errors say whether retrying could help.
         permanent = getattr(e, "permanent", True)
@@ -138,14 +174,14 @@ async def compose(
         return failure(STATUS_SUBMISSION_FAILED if permanent else STATUS_SERVER_ERROR)
     log.info("{user} sent mail to {count} recipients", user=request.user, count=len(recipients))
 
-    if clientId:
-        sent = (sent + [clientId])[-SENT_ID_MEMORY:]
-        await services.store.save(request.user, request.deviceId, {SENT_IDS: dumps(sent)})
     try:
         if saveInSent:
             sentFolder = await folderOfType(mailbox, FolderType.SENT)
-            # The Sent copy keeps Bcc: the sender should see whom they told.
-            await mailbox.append(sentFolder.id, message, [Flag.SEEN])
+            if since is None or summary.messageId is None or not await findByMessageId(
+                mailbox, sentFolder.id, summary.messageId, since
+            ):
+                # The Sent copy keeps Bcc: the sender should see whom they told.
+                await mailbox.append(sentFolder.id, message, [Flag.SEEN])
         if command == "SmartReply" and sourceIds is not None:
             info = {i.uid: i for i in await mailbox.messages(sourceIds[0])}.get(sourceIds[1])
             if info is not None:
@@ -153,4 +189,8 @@ async def compose(
     except (MailboxError, LookupError):
         # The mail left; failing now would make the phone send it again.
         log.failure("after sending for {user}", user=request.user)
+    if clientId:
+        sending.pop(clientId, None)
+        sent = (sent + [clientId])[-SENT_ID_MEMORY:]
+        await services.store.save(request.user, request.deviceId, {SENT_IDS: dumps(sent), SENDING: dumps(sending)})
     return Response(200, b"")

@@ -270,6 +270,20 @@ async def folderOfType(mailbox: IMailbox, kind: FolderType) -> Folder:
     raise LookupError(kind)
 
 
+async def findByMessageId(mailbox: IMailbox, folderId: str, messageId: str, since: float) -> Optional[str]:
+    """
+    The uid of a message of C{folderId} with this Message-ID that arrived
+    at C{since} or later: how a send cut short by a crash finds what it
+    already stored. Only the messages that arrived since then are read.
+    """
+    from . import mail
+
+    for info in await mailbox.messages(folderId):
+        if info.received >= since and mail.summary(await mailbox.message(folderId, info.uid)).messageId == messageId:
+            return info.uid
+    return None
+
+
 def splitServerId(serverId: Optional[str]) -> Optional[Tuple[str, str]]:
     """
     "folder:uid" -> (folder, uid), or None for anything else.
