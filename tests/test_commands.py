@@ -370,6 +370,67 @@ class FolderTests(CommandTestCase):
         self.assertEqual(stale.findtext("Status"), "9")
 
 
+    def hierarchy(self, command: str, *children: Any) -> Any:
+        return E(f"FolderHierarchy:{command}", E("SyncKey", self.phone.hierarchyKey), *children)
+
+    def test_repeatedFolderCommands(self) -> None:
+        """
+        A folder command repeated with the same key (its answer was lost)
+        gets the same answer byte for byte and changes nothing twice; the
+        same key with another request is status 9, and FolderSync with
+        that key is not answered with a folder command's reply.
+        """
+        self.setUpPhone()
+        for command, children in [
+            ("FolderCreate", [E("ParentId", "0"), E("DisplayName", "Receipts"), E("Type", "12")]),
+            ("FolderUpdate", [E("ServerId", "@"), E("ParentId", "0"), E("DisplayName", "Bills")]),
+            ("FolderDelete", [E("ServerId", "@")]),
+        ]:
+            for child in children:
+                if child.text == "@":
+                    child.value = created
+            request = self.hierarchy(command, *children)
+            first = self.drive(self.phone.send(command, request))
+            again = self.drive(self.phone.send(command, request))
+            self.assertEqual(first, again, command)
+            answer = wbxml.decode(first[2])
+            self.assertEqual(answer.findtext("Status"), "1", command)
+            if command == "FolderCreate":
+                created = answer.findtext("ServerId")
+            other = self.drive(self.phone.call(command, self.hierarchy(command, E("ParentId", "0"), E("ServerId", created), E("DisplayName", "Other"))))
+            self.assertEqual(other.findtext("Status"), "9", command)
+            old = self.drive(self.phone.call("FolderSync", E("FolderHierarchy:FolderSync", E("SyncKey", self.phone.hierarchyKey))))
+            self.assertEqual(old.qname, "FolderHierarchy:FolderSync")
+            self.assertEqual(old.findtext("Status"), "9")
+            self.phone.hierarchyKey = answer.findtext("SyncKey")
+            names = sorted(f.name for f in self.successResultOf(self.mailbox.folders()) if f.type == FolderType.MAIL)
+            self.assertEqual(names, {"FolderCreate": ["Receipts"], "FolderUpdate": ["Bills"], "FolderDelete": []}[command])
+        self.assertEqual(self.drive(self.phone.folderSync()).findtext("Changes/Count"), "0")
+
+    def test_folderCommandsCutShort(self) -> None:
+        """
+        A crash after the mailbox changed but before the device's state
+        did: the repeated FolderCreate answers 1 with the folder it made,
+        the repeated FolderDelete answers 1; a folder the device already
+        knows is still status 2, one it never knew still status 4.
+        """
+        self.setUpPhone()
+        made = self.successResultOf(self.mailbox.createFolder(None, "Receipts"))
+        answer = self.drive(self.phone.call("FolderCreate", self.hierarchy("FolderCreate", E("ParentId", "0"), E("DisplayName", "Receipts"), E("Type", "12"))))
+        self.assertEqual((answer.findtext("Status"), answer.findtext("ServerId")), ("1", made.id))
+        self.phone.hierarchyKey = answer.findtext("SyncKey")
+        self.assertEqual(self.drive(self.phone.folderSync()).findtext("Changes/Count"), "0")
+        known = self.drive(self.phone.call("FolderCreate", self.hierarchy("FolderCreate", E("ParentId", "0"), E("DisplayName", "Receipts"), E("Type", "12"))))
+        self.assertEqual(known.findtext("Status"), "2")
+        self.successResultOf(self.mailbox.deleteFolder(made.id))
+        answer = self.drive(self.phone.call("FolderDelete", self.hierarchy("FolderDelete", E("ServerId", made.id))))
+        self.assertEqual(answer.findtext("Status"), "1")
+        self.phone.hierarchyKey = answer.findtext("SyncKey")
+        self.assertEqual(self.drive(self.phone.folderSync()).findtext("Changes/Count"), "0")
+        never = self.drive(self.phone.call("FolderDelete", self.hierarchy("FolderDelete", E("ServerId", made.id))))
+        self.assertEqual(never.findtext("Status"), "4")
+
+
 class SyncTests(CommandTestCase):
     """
     Sync of a mail collection.

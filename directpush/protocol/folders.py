@@ -11,11 +11,13 @@ the same answer (digest §5.5).
 from __future__ import annotations
 
 import base64
-from typing import Any, Dict, List, Optional
+import hashlib
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from twisted.logger import Logger
 
 from .. import wbxml
+from ..interfaces import IMailbox
 from ..model import (
     Folder,
     FolderExists,
@@ -77,7 +79,7 @@ async def folderSync(
         if state is None:
             return status(BAD_KEY)
         previous = state.get("prev") or {}
-        if key == previous.get("key") and previous.get("reply"):
+        if key == previous.get("key") and previous.get("reply") and previous.get("command", "FolderSync") == "FolderSync":
             # The answer to this key was lost: send it again.
             return Response(200, base64.b64decode(previous["reply"]), "application/vnd.ms-sync.wbxml")
         if key != state["key"]:
@@ -122,33 +124,6 @@ async def folderSync(
     return response
 
 
-async def _checkKey(
-    services: Services, request: EASRequest, document: wbxml.Element
-) -> Optional[Dict[str, Any]]:
-    state = await loadHierarchy(services, request)
-    if state is None or document.findtext("SyncKey") != state["key"]:
-        return None
-    return state
-
-
-async def _commit(
-    services: Services,
-    request: EASRequest,
-    state: Dict[str, Any],
-    folders: Dict[str, List[Any]],
-    extra: Optional[Dict[str, Optional[bytes]]] = None,
-) -> str:
-    """
-    Record that the device now knows C{folders} (its own change is not
-    echoed back to it) under a new key, with C{extra} values, at once.
-    """
-    key = nextKey(state["key"])
-    values: Dict[str, Optional[bytes]] = dict(extra or {})
-    values[HIERARCHY] = dumps({"key": key, "folders": folders, "prev": {"key": state["key"]}})
-    await services.store.save(request.user, request.deviceId, values)
-    return key
-
-
 def _statusFor(error: MailboxError, create: bool = False) -> str:
     if isinstance(error, FolderExists):
         return EXISTS
@@ -165,81 +140,135 @@ def _parent(value: Optional[str]) -> Optional[str]:
     return None if value in (None, "", "0") else value
 
 
-async def folderCreate(
-    services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
-) -> Response:
-    def status(code: str) -> Response:
-        return wbxmlResponse(E("FolderHierarchy:FolderCreate", E("Status", code)))
+#: What a folder command does to the mailbox: given the request, the
+#: mailbox and the folders the device knows, it returns the folders the
+#: device knows afterwards, extra state values to write with them, and the
+#: elements its answer carries after Status and SyncKey. It raises
+#: L{MailboxError} for the status to answer.
+FolderAction = Callable[
+    [wbxml.Element, IMailbox, Dict[str, List[Any]]],
+    Awaitable[Tuple[Dict[str, List[Any]], Dict[str, Optional[bytes]], List[wbxml.Element]]],
+]
 
-    if document is None or document.qname != "FolderHierarchy:FolderCreate":
+
+async def _changeHierarchy(
+    services: Services,
+    request: EASRequest,
+    document: Optional[wbxml.Element],
+    body: bytes,
+    required: Tuple[str, ...],
+    action: FolderAction,
+) -> Response:
+    """
+    What FolderCreate, FolderUpdate and FolderDelete share: the document's
+    checks, the hierarchy key, and the new key recorded with the answer,
+    so that a device whose answer was lost (a crash, a dropped connection)
+    and that repeats the request with the same key gets the same answer.
+    """
+    command = request.command
+    root = f"FolderHierarchy:{command}"
+
+    def status(code: str) -> Response:
+        return wbxmlResponse(E(root, E("Status", code)))
+
+    if document is None or document.qname != root or not all(document.findtext(f) for f in required):
         return status(MALFORMED)
-    name = document.findtext("DisplayName")
-    kind = document.findtext("Type", "12")
-    if not name or kind not in ("1", "12"):
-        # Only mail folders live in a mailbox here.
-        return status(MALFORMED if not name else SERVER_ERROR)
-    state = await _checkKey(services, request, document)
+    state = await loadHierarchy(services, request)
+    key = document.findtext("SyncKey")
     if state is None:
+        return status(BAD_KEY)
+    previous = state.get("prev") or {}
+    digest = hashlib.sha256(body).hexdigest()
+    if key == previous.get("key") and previous.get("command") == command and previous.get("request") == digest:
+        log.info("{user} device {device} repeats {command}: same answer", user=request.user, device=request.deviceId, command=command)
+        return Response(200, base64.b64decode(previous["reply"]), "application/vnd.ms-sync.wbxml")
+    if key != state["key"]:
         return status(BAD_KEY)
     mailbox = await services.mailbox(request.user)
     try:
-        folder = await mailbox.createFolder(_parent(document.findtext("ParentId")), name)
+        folders, extra, children = await action(document, mailbox, dict(state["folders"]))
     except MailboxError as e:
-        return status(_statusFor(e, create=True))
-    folders = dict(state["folders"])
-    folders[folder.id] = _entry(folder)
-    key = await _commit(services, request, state, folders)
-    return wbxmlResponse(
-        E("FolderHierarchy:FolderCreate", E("Status", OK), E("SyncKey", key), E("ServerId", folder.id))
+        return status(_statusFor(e, create=command == "FolderCreate"))
+    newSyncKey = nextKey(state["key"])
+    response = wbxmlResponse(E(root, E("Status", OK), E("SyncKey", newSyncKey), *children))
+    values: Dict[str, Optional[bytes]] = dict(extra)
+    values[HIERARCHY] = dumps(
+        {
+            "key": newSyncKey,
+            "folders": folders,
+            "prev": {
+                "key": state["key"],
+                "command": command,
+                "request": digest,
+                "reply": base64.b64encode(response.body).decode("ascii"),
+            },
+        }
     )
+    await services.store.save(request.user, request.deviceId, values)
+    return response
+
+
+async def _create(
+    document: wbxml.Element, mailbox: IMailbox, folders: Dict[str, List[Any]]
+) -> Tuple[Dict[str, List[Any]], Dict[str, Optional[bytes]], List[wbxml.Element]]:
+    if document.findtext("Type", "12") not in ("1", "12"):
+        # Only mail folders live in a mailbox here.
+        raise MailboxError("not a mail folder")
+    parentId = _parent(document.findtext("ParentId"))
+    name = document.findtext("DisplayName") or ""
+    try:
+        folder = await mailbox.createFolder(parentId, name)
+    except FolderExists:
+        # Made by this request before a crash cut it short (the device's
+        # state never heard of it): the repeat finishes the job.
+        made = [
+            f for f in await mailbox.folders()
+            if f.parentId == parentId and f.name == name and f.id not in folders
+        ]
+        if not made:
+            raise
+        folder = made[0]
+    folders[folder.id] = _entry(folder)
+    return folders, {}, [E("ServerId", folder.id)]
+
+
+async def _update(
+    document: wbxml.Element, mailbox: IMailbox, folders: Dict[str, List[Any]]
+) -> Tuple[Dict[str, List[Any]], Dict[str, Optional[bytes]], List[wbxml.Element]]:
+    folderId = document.findtext("ServerId") or ""
+    folder = await mailbox.updateFolder(folderId, _parent(document.findtext("ParentId")), document.findtext("DisplayName") or "")
+    folders[folder.id] = _entry(folder)
+    return folders, {}, []
+
+
+async def _delete(
+    document: wbxml.Element, mailbox: IMailbox, folders: Dict[str, List[Any]]
+) -> Tuple[Dict[str, List[Any]], Dict[str, Optional[bytes]], List[wbxml.Element]]:
+    folderId = document.findtext("ServerId") or ""
+    try:
+        await mailbox.deleteFolder(folderId)
+    except NoSuchFolder:
+        # Deleted by this request before a crash cut it short: the device's
+        # state still lists it.
+        if folderId not in folders:
+            raise
+    remaining = {f.id for f in await mailbox.folders()}
+    return {k: v for k, v in folders.items() if k in remaining}, {f"sync:{folderId}": None}, []
+
+
+async def folderCreate(
+    services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
+) -> Response:
+    return await _changeHierarchy(services, request, document, body, ("DisplayName",), _create)
 
 
 async def folderUpdate(
     services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
 ) -> Response:
-    def status(code: str) -> Response:
-        return wbxmlResponse(E("FolderHierarchy:FolderUpdate", E("Status", code)))
-
-    if document is None or document.qname != "FolderHierarchy:FolderUpdate":
-        return status(MALFORMED)
-    folderId = document.findtext("ServerId")
-    name = document.findtext("DisplayName")
-    if not folderId or not name:
-        return status(MALFORMED)
-    state = await _checkKey(services, request, document)
-    if state is None:
-        return status(BAD_KEY)
-    mailbox = await services.mailbox(request.user)
-    try:
-        folder = await mailbox.updateFolder(folderId, _parent(document.findtext("ParentId")), name)
-    except MailboxError as e:
-        return status(_statusFor(e))
-    folders = dict(state["folders"])
-    folders[folder.id] = _entry(folder)
-    key = await _commit(services, request, state, folders)
-    return wbxmlResponse(E("FolderHierarchy:FolderUpdate", E("Status", OK), E("SyncKey", key)))
+    return await _changeHierarchy(services, request, document, body, ("ServerId", "DisplayName"), _update)
 
 
 async def folderDelete(
     services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
 ) -> Response:
-    def status(code: str) -> Response:
-        return wbxmlResponse(E("FolderHierarchy:FolderDelete", E("Status", code)))
-
-    if document is None or document.qname != "FolderHierarchy:FolderDelete":
-        return status(MALFORMED)
-    folderId = document.findtext("ServerId")
-    if not folderId:
-        return status(MALFORMED)
-    state = await _checkKey(services, request, document)
-    if state is None:
-        return status(BAD_KEY)
-    mailbox = await services.mailbox(request.user)
-    try:
-        await mailbox.deleteFolder(folderId)
-    except MailboxError as e:
-        return status(_statusFor(e))
-    remaining = {f.id for f in await mailbox.folders()}
-    folders = {k: v for k, v in state["folders"].items() if k in remaining}
-    key = await _commit(services, request, state, folders, {f"sync:{folderId}": None})
-    return wbxmlResponse(E("FolderHierarchy:FolderDelete", E("Status", OK), E("SyncKey", key)))
+    return await _changeHierarchy(services, request, document, body, ("ServerId",), _delete)
