@@ -14,6 +14,8 @@ Work, Deleted Items and Sent Items. The device runs a random mix, seeded:
             flag, unflag, delete with DeletesAsMoves)
   move      MoveItems of one message between Inbox and Work
   send      SendMail to bob with a ClientId and SaveInSentItems
+  folder    FolderCreate of a scratch folder, or its FolderUpdate (rename)
+            or FolderDelete
 
 while a killer thread sends SIGKILL to the server at random moments (every
 0.05-1.2 s) and starts it again. The device retries as MS-ASCMD says a
@@ -27,8 +29,10 @@ the bench reads the maildirs on disk and checks:
   delivered every delivered Message-ID is in exactly one of alice's folders
   sent      every ClientId's mail is in bob's Inbox exactly once, and its
             Sent copy in exactly one of alice's folders
-  protocol  no Sync answered Status 3 (a forced full resync), no Add of an
-            item the device already had, no HTTP 5xx from a running server
+  folders   the device's folder list equals the mailbox's, and a FolderSync
+            with its key finds nothing new
+  protocol  no Sync answered Status 3 and no folder command Status 9 (a
+            forced full resync), no Add of an item the device already had
 
 and prints a table; it exits 1 when any check fails.
 
@@ -165,6 +169,8 @@ class Device:
         self.keys: Dict[str, str] = {}
         self.mirror: Dict[str, Dict[str, Tuple[bool, bool]]] = {}
         self.problems: List[str] = []
+        self.scratch: Dict[str, str] = {}  # ServerId -> name
+        self.known: Dict[str, str] = {}  # every folder the device knows: ServerId -> name
 
     # transport
 
@@ -211,6 +217,7 @@ class Device:
         answer = self.call("FolderSync", E("FolderHierarchy:FolderSync", E("SyncKey", "0")))
         assert answer is not None
         for add in answer.findall("Changes/Add"):
+            self.known[add.findtext("ServerId") or ""] = add.findtext("DisplayName") or ""
             kind = int(add.findtext("Type") or 0)
             name = add.findtext("DisplayName")
             if kind in (2, 4, 5) or name == "Work":
@@ -224,6 +231,8 @@ class Device:
             )
             assert created is not None and created.findtext("Status") == "1", created
             self.folders[12] = created.findtext("ServerId") or ""
+            self.known[self.folders[12]] = "Work"
+            self.hierarchyKey = created.findtext("SyncKey") or ""
         for folderId in self.folders.values():
             self.mirror[folderId] = {}
             self.keys[folderId] = "0"
@@ -312,6 +321,46 @@ class Device:
                 flag = E("Email:Flag", E("Email:Status", "2"), E("Email:FlagType", "Follow up")) if not flagged else E("Email:Flag")
                 changes.append(E("Change", E("ServerId", serverId), E("ApplicationData", flag)))
         return changes
+
+    # folders
+
+    def folderChange(self, n: int) -> None:
+        """
+        Make, rename or remove a scratch folder.
+        """
+        if not self.scratch or (len(self.scratch) < 3 and self.rng.random() < 0.4):
+            command, children = "FolderCreate", [E("ParentId", "0"), E("DisplayName", f"Scratch {n}"), E("Type", "12")]
+        else:
+            folderId = self.rng.choice(sorted(self.scratch))
+            if self.rng.random() < 0.5:
+                command, children = "FolderUpdate", [E("ServerId", folderId), E("ParentId", "0"), E("DisplayName", f"Renamed {n}")]
+            else:
+                command, children = "FolderDelete", [E("ServerId", folderId)]
+        answer = self.call(command, E(f"FolderHierarchy:{command}", E("SyncKey", self.hierarchyKey), *children))
+        assert answer is not None
+        status = answer.findtext("Status")
+        if status != "1":
+            if status == "9":
+                self.stats["forced resyncs"] += 1
+            self.problems.append(f"{command} answered Status {status}")
+            return
+        self.hierarchyKey = answer.findtext("SyncKey") or ""
+        if command == "FolderCreate":
+            folderId = answer.findtext("ServerId") or ""
+            self.scratch[folderId] = self.known[folderId] = f"Scratch {n}"
+        elif command == "FolderUpdate":
+            self.scratch[folderId] = self.known[folderId] = f"Renamed {n}"
+        else:
+            del self.scratch[folderId]
+            del self.known[folderId]
+
+    def folderSyncChanges(self) -> int:
+        answer = self.call("FolderSync", E("FolderHierarchy:FolderSync", E("SyncKey", self.hierarchyKey)))
+        assert answer is not None
+        if answer.findtext("Status") != "1":
+            self.problems.append(f"FolderSync answered Status {answer.findtext('Status')}")
+            return -1
+        return int(answer.findtext("Changes/Count") or 0)
 
     # moves and sends
 
@@ -427,6 +476,7 @@ def truth(data: str, user: str) -> Dict[str, Dict[str, Tuple[Tuple[bool, bool], 
             items[f"{folder.id}:{info.uid}"] = ((Flag.SEEN in info.flags, Flag.FLAGGED in info.flags), messageId)
         out[folder.id] = items
     out["types"] = {str(int(f.type)): ((False, False), f.id) for f in _result(box.folders())}  # type: ignore[assignment]
+    out["names"] = {f.id: ((False, False), f.name) for f in _result(box.folders())}  # type: ignore[assignment]
     return out
 
 
@@ -454,6 +504,7 @@ def run(args: argparse.Namespace) -> int:
     killing.set()
     cycles = [0]
     failures: List[str] = []
+    hierarchyChanges = -1
 
     def killer() -> None:
         killRng = random.Random(args.seed + 1)
@@ -491,7 +542,10 @@ def run(args: argparse.Namespace) -> int:
                 stats["client changes"] += len(changes)
                 device.sync(folderId, changes)
                 stats["syncs"] += 1
-            elif roll < 0.88:
+            elif roll < 0.75:
+                device.folderChange(n)
+                stats["folder changes"] += 1
+            elif roll < 0.9:
                 source, destination = (inbox, work) if rng.random() < 0.6 else (work, inbox)
                 device.move(source, destination)
                 stats["moves"] += 1
@@ -504,13 +558,14 @@ def run(args: argparse.Namespace) -> int:
         for _ in range(2):
             for folderId in device.folders.values():
                 device.syncAll(folderId)
+        hierarchyChanges = device.folderSyncChanges()
     except (Trouble, TimeoutError, AssertionError) as e:
         failures.append(f"{type(e).__name__}: {e}")
     finally:
         killing.clear()
         server.stop()
 
-    checks: Dict[str, List[str]] = {"mirror": [], "delivered": [], "sent": [], "protocol": list(device.problems)}
+    checks: Dict[str, List[str]] = {"mirror": [], "delivered": [], "sent": [], "folders": [], "protocol": list(device.problems)}
     alice = truth(data, ALICE)
     bob = truth(data, BOB)
     for folderId, mirror in device.mirror.items():
@@ -518,6 +573,11 @@ def run(args: argparse.Namespace) -> int:
         for sid in sorted(set(disk) | set(mirror)):
             if disk.get(sid) != mirror.get(sid):
                 checks["mirror"].append(f"{sid}: device {mirror.get(sid)}, mailbox {disk.get(sid)}")
+    names = alice.pop("names")  # type: ignore[arg-type]
+    if not failures and hierarchyChanges != 0:
+        checks["folders"].append(f"FolderSync after the run found {hierarchyChanges} changes")
+    if {k: v[1] for k, v in names.items()} != device.known:
+        checks["folders"].append(f"device knows {sorted(device.known.values())}, mailbox has {sorted(v[1] for v in names.values())}")
     where = Counter(mid for fid, items in alice.items() if fid != "types" for _, mid in items.values())
     for mid in sorted(delivered):
         if where[mid] != 1:
@@ -539,6 +599,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'what':<22} | {'count':>7}")
     print(f"{'-' * 22}-+-{'-' * 7}")
     for name in ("requests", "lost responses", "retries", "syncs", "client changes", "moves", "moves already done",
+                 "folder changes",
                  "sends", "sends already done", "deliveries", "duplicate adds", "forced resyncs", "tracebacks in log"):
         print(f"{name:<22} | {stats[name]:>7}")
     for name, value in sorted(stats.items()):
