@@ -16,7 +16,7 @@ import base64
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import attrs
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .. import wbxml
@@ -35,6 +35,8 @@ log = Logger()
 SYNC_CACHE = "synccache"
 DEFAULT_WINDOW = 100
 MAX_WINDOW = 512
+#: Messages read from the backend in one call while rendering a window.
+READ_CHUNK = 128
 
 # Sync statuses (MS-ASCMD 2.2.3.177.17).
 OK = "1"
@@ -291,22 +293,33 @@ async def _render(
 ) -> Dict[str, wbxml.Element]:
     """
     The ApplicationData of each message by uid; messages that vanished
-    meanwhile are left out. Reads run concurrently, rendering in one
-    batch through the services' renderer.
+    meanwhile are left out. Messages are read a chunk at a time, each
+    chunk in one backend call, and each chunk goes to the renderer as
+    soon as it is read, so that rendering overlaps the next read.
     """
-    if not infos:
-        return {}
-    reads = [mailbox.message(folder.id, info.uid) for info in infos]
-    outcomes = await DeferredList(reads, consumeErrors=True)
-    jobs, uids = [], []
-    for info, (ok, raw) in zip(infos, outcomes):
-        if not ok:
-            if not raw.check(NoSuchMessage):
-                raw.raiseException()
-            continue
-        jobs.append(jobFor(raw, info, folder.id, options))
-        uids.append(info.uid)
-    return dict(zip(uids, await services.render(jobs)))
+    pending: List[Tuple[List[str], "Deferred[List[wbxml.Element]]"]] = []
+    try:
+        for start in range(0, len(infos), READ_CHUNK):
+            chunk = infos[start : start + READ_CHUNK]
+            raws = await mailbox.messagesData(folder.id, [info.uid for info in chunk])
+            jobs, uids = [], []
+            for info in chunk:
+                raw = raws.get(info.uid)
+                if raw is not None:
+                    jobs.append(jobFor(raw, info, folder.id, options))
+                    uids.append(info.uid)
+            del raws
+            if jobs:
+                pending.append((uids, services.render(jobs)))
+    except BaseException:
+        for _, d in pending:
+            # Their outcome no longer matters; do not log it as unhandled.
+            d.addErrback(lambda _: None)
+        raise
+    rendered: Dict[str, wbxml.Element] = {}
+    for uids, d in pending:
+        rendered.update(zip(uids, await d))
+    return rendered
 
 
 def _now(response: Response) -> Tuple[Response, None]:
