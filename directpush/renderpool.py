@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 from . import wbxml
-from .protocol.render import RenderJob, renderAll
+from .protocol.render import RenderJob, ready, renderEncoded
 
 log = Logger()
 
@@ -44,6 +44,10 @@ class RenderPool(Service):
         super().startService()
         context = multiprocessing.get_context("spawn")
         self._executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+        # Workers start on demand, each taking a good part of a second to
+        # import its modules: start them now rather than in the first Sync.
+        for _ in range(self._workers):
+            self._executor.submit(ready)
         log.info("rendering in {workers} worker processes", workers=self._workers)
 
     def stopService(self) -> None:
@@ -67,7 +71,7 @@ class RenderPool(Service):
 
     def _submit(self, jobs: List[RenderJob]) -> "Deferred[List[wbxml.Element]]":
         d: Deferred[List[wbxml.Element]] = Deferred()
-        future: Future = self._executor.submit(renderAll, jobs)
+        future: Future = self._executor.submit(renderEncoded, jobs)
 
         def done(f: Future) -> None:
             # Runs on an executor thread: hand the result to the reactor.
