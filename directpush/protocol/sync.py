@@ -3,16 +3,24 @@
 Sync (MS-ASCMD 2.2.1.21) for mail collections.
 
 Per (user, device, collection) the state (key C{sync:<collection>}) holds
-the current key and the items the device has at that key (uid -> [read,
-flagged]), and the previous key with the items after that request's client
-commands and the C{Responses} it produced. A device that lost an answer
-repeats the previous key: the answer is rebuilt from there, and its client
-commands are not applied again (digest §5.5).
+the current key and the items the device has at that key (uid -> flag
+bits, see L{itemState}), and the previous key with the C{Responses} it
+produced and what tells the items after that request's client commands
+from the current ones (C{undo}: uid -> bits then, or null for an item the
+device did not have). A device that lost an answer repeats the previous
+key: the answer is rebuilt from there, and its client commands are not
+applied again (digest §5.5).
+
+The undo map is as big as one answer, not as the folder: a folder's whole
+item map is read, changed in place and written once per Sync, never
+copied. States written before the undo map (items as C{[read, flagged]}
+lists, the previous items in full) are still read.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import attrs
@@ -53,11 +61,39 @@ DAY = 24 * 60 * 60
 #: FilterType -> the age of the oldest message in the window (digest §5.3).
 FILTER_WINDOWS = {1: DAY, 2: 3 * DAY, 3: 7 * DAY, 4: 14 * DAY, 5: 31 * DAY, 6: 92 * DAY, 7: 183 * DAY}
 
-Items = Dict[str, List[int]]
+Items = Dict[str, Any]
+
+#: Bits of an item's state as the device knows it.
+READ = 1
+FLAGGED = 2
 
 
-def itemState(info: MessageInfo) -> List[int]:
-    return [int(Flag.SEEN in info.flags), int(Flag.FLAGGED in info.flags)]
+def itemState(info: MessageInfo) -> int:
+    """
+    The state of an item the device is told about: L{READ} | L{FLAGGED}
+    bits (small ints, which Python shares: an item costs its uid only).
+    """
+    return (READ if Flag.SEEN in info.flags else 0) | (FLAGGED if Flag.FLAGGED in info.flags else 0)
+
+
+def _bits(value: Any) -> int:
+    """
+    An item's state as stored: bits, or the C{[read, flagged]} list of
+    states written before bits.
+    """
+    if type(value) is int:
+        return value
+    return (READ if value[0] else 0) | (FLAGGED if value[1] else 0)
+
+
+def _upgrade(items: Items) -> Items:
+    """
+    C{items} with every value as bits (in place).
+    """
+    for uid, value in items.items():
+        if type(value) is not int:
+            items[uid] = _bits(value)
+    return items
 
 
 def stateKey(collectionId: str) -> str:
@@ -124,34 +160,59 @@ def filterType(options: Optional[wbxml.Element]) -> int:
 
 
 async def pendingChanges(
-    mailbox: IMailbox, folderId: str, items: Items, filterTypeValue: int, now: float
-) -> Tuple[List[Tuple[str, str, Optional[MessageInfo]]], Dict[str, MessageInfo]]:
+    mailbox: IMailbox,
+    folderId: str,
+    items: Items,
+    filterTypeValue: int,
+    now: float,
+    limit: Optional[int] = None,
+) -> Tuple[List[Tuple[str, str, Optional[MessageInfo]]], int]:
     """
     What the device at C{items} lacks: a list of (kind, uid, info) with
     kind C{Change}, C{Delete}, C{SoftDelete} or C{Add} (newest first),
-    and the folder's listing by uid.
+    and how many there are in all.
+
+    @param limit: list no more than this many (the rest is only
+        counted): a window of a big folder's initial Sync need not sort
+        every message that is not yet on the device.
     """
-    listing = {info.uid: info for info in await mailbox.messages(folderId)}
+    listing = await mailbox.messages(folderId)
     window = FILTER_WINDOWS.get(filterTypeValue)
     oldest = now - window if window else None
     changes: List[Tuple[str, str, Optional[MessageInfo]]] = []
     adds: List[MessageInfo] = []
-    for uid, info in listing.items():
+    known = 0
+    for info in listing:
         inWindow = oldest is None or info.received >= oldest
-        known = items.get(uid)
-        if known is None:
+        state = items.get(info.uid)
+        if state is None:
             if inWindow:
                 adds.append(info)
-        elif not inWindow:
-            changes.append(("SoftDelete", uid, info))
-        elif known != itemState(info):
-            changes.append(("Change", uid, info))
-    for uid in items:
-        if uid not in listing:
-            changes.append(("Delete", uid, None))
-    adds.sort(key=lambda i: i.received, reverse=True)
+            continue
+        known += 1
+        if not inWindow:
+            changes.append(("SoftDelete", info.uid, info))
+        elif _bits(state) != itemState(info):
+            changes.append(("Change", info.uid, info))
+    if known < len(items):
+        # Some item the device has is gone: only then is a set of the
+        # listing's uids worth making.
+        present = {info.uid for info in listing}
+        changes.extend(("Delete", uid, None) for uid in items if uid not in present)
+        del present
+    del listing
+    total = len(changes) + len(adds)
+    room = None if limit is None else max(0, limit - len(changes))
+    if room is None or room >= len(adds):
+        adds.sort(key=_received, reverse=True)
+    else:
+        adds = heapq.nlargest(room, adds, key=_received)
     changes.extend(("Add", info.uid, info) for info in adds)
-    return changes, listing
+    return changes, total
+
+
+def _received(info: MessageInfo) -> float:
+    return info.received
 
 
 def validateWait(document: wbxml.Element) -> Optional[wbxml.Element]:
@@ -389,35 +450,45 @@ async def _syncCollection(
     if stored is None:
         return failed(BAD_KEY)
     previous = stored.get("prev") or {}
+    # The stored map is this request's own copy: changed in place below.
+    items: Items = _upgrade(stored["items"])
     if collection.syncKey == stored["key"]:
-        base: Items = dict(stored["items"])
-        responses = await _applyCommands(services, request, mailbox, folders, folder, collection, base, now)
-        retry = False
-    elif collection.syncKey == previous.get("key") and "items" in previous:
-        base = dict(previous["items"])
-        responses = wbxml.decode(base64.b64decode(previous["responses"])) if previous.get("responses") else None
-        retry = True
+        responses = await _applyCommands(services, request, mailbox, folders, folder, collection, items, now)
+        earlier = base64.b64encode(wbxml.encode(responses)).decode("ascii") if responses is not None else None
+    elif collection.syncKey == previous.get("key") and ("undo" in previous or "items" in previous):
+        if "undo" in previous:
+            _undo(items, previous["undo"])
+        else:
+            items = _upgrade(previous["items"])
+        earlier = previous.get("responses")
+        responses = wbxml.decode(base64.b64decode(earlier)) if earlier else None
         log.info(
             "{user} device {device} repeats key {key} of {collection}: answer rebuilt",
             user=request.user, device=request.deviceId, key=collection.syncKey, collection=folder.id,
         )
     else:
         return failed(BAD_KEY)
+    del stored, previous
 
+    # The items now are those after the request's client commands, which
+    # the previous key stands for; undo says how to get back to them.
+    undo: Dict[str, Optional[int]] = {}
     commands: List[wbxml.Element] = []
     more = False
-    items = dict(base)
     if collection.getChanges:
-        changes, listing = await pendingChanges(mailbox, folder.id, base, filterValue, now)
         window = min(collection.windowSize, budget)
-        if len(changes) > window:
+        changes, total = await pendingChanges(mailbox, folder.id, items, filterValue, now, limit=window)
+        if total > window:
             changes, more = changes[:window], True
         options = mail.parseOptions(collection.options, version=request.version)
         adds = [info for kind, _, info in changes if kind == "Add" and info is not None]
         rendered = await _render(services, mailbox, folder, adds, options)
+        del adds
         for kind, uid, info in changes:
             if kind in ("Delete", "SoftDelete"):
                 commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}")))
+                if uid not in undo:
+                    undo[uid] = items.get(uid)
                 items.pop(uid, None)
                 continue
             assert info is not None
@@ -428,11 +499,13 @@ async def _syncCollection(
                     mail.flagElement(Flag.FLAGGED in info.flags),
                 )
             else:
-                found = rendered.get(uid)
+                found = rendered.pop(uid, None)
                 if found is None:
                     continue  # gone since the listing; the next Sync says so
                 data = found
             commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}"), data))
+            if uid not in undo:
+                undo[uid] = items.get(uid)
             items[uid] = itemState(info)
         budget -= len(commands)
 
@@ -455,15 +528,20 @@ async def _syncCollection(
         "key": key,
         "items": items,
         "filter": filterValue,
-        "prev": {
-            "key": collection.syncKey,
-            "items": base,
-            "responses": base64.b64encode(wbxml.encode(responses)).decode("ascii") if responses is not None else None,
-        },
+        "prev": {"key": collection.syncKey, "undo": undo, "responses": earlier},
     }
-    if retry:
-        state["prev"] = previous
     return answer, state, budget, True
+
+
+def _undo(items: Items, undo: Dict[str, Any]) -> None:
+    """
+    Take C{items} back to the previous key's (in place).
+    """
+    for uid, value in undo.items():
+        if value is None:
+            items.pop(uid, None)
+        else:
+            items[uid] = _bits(value)
 
 
 async def _applyCommands(
@@ -523,11 +601,12 @@ async def _applyCommands(
                 flags = set(info.flags)
                 # The device knows what it had plus what it changed, not
                 # whatever else changed here meanwhile: that still goes to it.
-                known = list(items.get(uid, itemState(info)))
-                for index, (flag, key) in enumerate(((Flag.SEEN, "read"), (Flag.FLAGGED, "flagged"))):
+                held = items.get(uid)
+                known = _bits(held) if held is not None else itemState(info)
+                for bit, (flag, key) in ((READ, (Flag.SEEN, "read")), (FLAGGED, (Flag.FLAGGED, "flagged"))):
                     if key in change:
                         (flags.add if change[key] else flags.discard)(flag)
-                        known[index] = int(bool(change[key]))
+                        known = known | bit if change[key] else known & ~bit
                 await mailbox.setFlags(folder.id, uid, sorted(flags))
                 items[uid] = known
             elif command.name == "Delete":
@@ -579,7 +658,7 @@ async def _add(
         return E("Add", E("ClientId", clientId), E("Status", CONVERSION_ERROR)), None
     raw = mail.draftMessage(data)
     uid = await mailbox.append(folder.id, raw, [Flag.DRAFT, Flag.SEEN])
-    items[uid] = [1, 0]
+    items[uid] = READ
     return E("Add", E("ClientId", clientId), E("ServerId", f"{folder.id}:{uid}"), E("Status", OK)), uid
 
 
