@@ -11,6 +11,7 @@ the mail and WBXML modules.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, List, Sequence
 
@@ -50,11 +51,29 @@ class RenderPool(Service):
             self._executor.submit(ready)
         log.info("rendering in {workers} worker processes", workers=self._workers)
 
-    def stopService(self) -> None:
+    def stopService(self) -> "Deferred[None]":
+        """
+        Stop the workers; the result fires once they have exited. twistd
+        waits for it: a server that ends by re-raising SIGTERM runs no
+        exit handlers, and workers told to stop only a moment before would
+        be left running without a parent.
+        """
         super().stopService()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        executor, self._executor = self._executor, None
+        stopped: Deferred[None] = Deferred()
+        if executor is None:
+            stopped.callback(None)
+            return stopped
+
+        def shutdown() -> None:
+            # Blocks until every worker has exited: not on the reactor thread.
+            try:
+                executor.shutdown(wait=True, cancel_futures=True)
+            finally:
+                self._reactor.callFromThread(stopped.callback, None)
+
+        threading.Thread(target=shutdown, name="directpush-renderpool-stop", daemon=True).start()
+        return stopped
 
     def __call__(self, jobs: Sequence[RenderJob]) -> "Deferred[List[wbxml.Element]]":
         jobs = list(jobs)

@@ -94,5 +94,18 @@ class RenderPoolTests(TestCase):
         """
         A stopped pool renders in the calling process rather than fail.
         """
-        self.pool.stopService()
+        await self.pool.stopService()
         self.assertEqual(self.successResultOf(self.pool(jobs())), renderAll(jobs()))
+
+    async def test_stopWaitsForWorkers(self) -> None:
+        """
+        Stopping the pool fires once its worker processes have exited, so
+        that none outlives the server.
+        """
+        await self.pool(jobs())
+        executor = self.pool._executor
+        workers = list(executor._processes.values())
+        self.assertTrue(workers)
+        self.assertTrue(all(worker.is_alive() for worker in workers))
+        await self.pool.stopService()
+        self.assertEqual([worker.is_alive() for worker in workers], [False] * len(workers))
