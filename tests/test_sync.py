@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 from directpush.model import Flag, FolderType
 from directpush.protocol import sync
 from directpush.protocol.core import dumps
+from directpush.protocol.render import renderInline
 from directpush.wbxml import E
 
 from .test_commands import NOW, USER, CommandTestCase, message
@@ -163,3 +164,65 @@ def _run(coroutine: Any) -> Any:
     from twisted.internet.defer import Deferred
 
     return Deferred.fromCoroutine(coroutine)
+
+
+class RenderAheadTests(CommandTestCase):
+    """
+    With L{Services.renderAhead}, the next window of a paged Sync is
+    rendered while the device reads this one.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.rendered: List[str] = []
+
+        def counting(jobs: Any) -> Any:
+            self.rendered.extend(job.fileReferencePrefix for job in jobs)
+            return renderInline(jobs)
+
+        self.services.render = counting
+        self.services.renderAhead = True
+        self.setUpPhone()
+        self.inbox = self.folderId(FolderType.INBOX)
+
+    def test_eachOnce(self) -> None:
+        """
+        Every message is rendered once, though most are rendered a window
+        early; the device gets what it would have got otherwise.
+        """
+        for n in range(25):
+            self.deliver(f"m{n}")
+        self.drive(self.phone.sync(self.inbox))
+        rounds = self.drive(self.phone.syncAll(self.inbox, windowSize=10))
+        self.assertEqual(rounds, 3)
+        self.assertEqual(sorted(self.rendered), sorted(set(self.rendered)))
+        self.assertEqual(len(self.rendered), 25)
+        self.assertEqual(sorted(s for s, _ in self.phone.mirror(self.inbox).values()), sorted(f"m{n}" for n in range(25)))
+        self.assertEqual(self.services.aheads, {})
+
+    def test_changedMeanwhile(self) -> None:
+        """
+        A message whose flags changed after it was rendered ahead is
+        rendered again, and the device gets its new flags.
+        """
+        uids = [self.deliver(f"m{n}") for n in range(4)]
+        self.drive(self.phone.sync(self.inbox))
+        self.drive(self.phone.sync(self.inbox, windowSize=2))
+        self.assertEqual(len(self.rendered), 4)
+        self.successResultOf(self.mailbox.setFlags(self.inbox, uids[0], [Flag.SEEN]))
+        self.drive(self.phone.sync(self.inbox, windowSize=2))
+        self.assertEqual(len(self.rendered), 5)
+        self.assertEqual(self.phone.mirror(self.inbox)[f"{self.inbox}:{uids[0]}"], ("m0", "1"))
+
+    def test_forgotten(self) -> None:
+        """
+        What was rendered ahead for a device that does not come back is
+        dropped after a while.
+        """
+        for n in range(4):
+            self.deliver(f"m{n}")
+        self.drive(self.phone.sync(self.inbox))
+        self.drive(self.phone.sync(self.inbox, windowSize=2))
+        self.assertEqual(len(self.services.aheads), 1)
+        self.clock.advance(sync.AHEAD_SECONDS)
+        self.assertEqual(self.services.aheads, {})

@@ -150,7 +150,14 @@ class Services:
     minHeartbeat: int = 60
     maxHeartbeat: int = 3540
     maxPingFolders: int = 300
+    #: Render the next window of a paged Sync while the device reads this
+    #: one: worth it only with a renderer that works elsewhere (the worker
+    #: pool), and harmful with one that works on the reactor thread.
+    renderAhead: bool = False
     _locks: Dict[Tuple[str, str], DeferredLock] = attrs.field(factory=dict)
+    #: (user, device, folder) -> what is being rendered ahead for it; see
+    #: L{directpush.protocol.sync}.
+    aheads: Dict[Tuple[str, str, str], Any] = attrs.field(factory=dict)
 
     def address(self, user: str) -> str:
         """

@@ -33,7 +33,7 @@ from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchM
 from ..wbxml import E
 from . import mail
 from .compose import addMissingHeaders
-from .render import jobFor
+from .render import RenderJob, jobFor
 from .core import Services, dumps, folderById, loads, newKey, nextKey
 from .dispatch import Response, wbxmlResponse
 from .request import EASRequest
@@ -350,15 +350,25 @@ async def _syncOnce(
 
 
 async def _render(
-    services: Services, mailbox: IMailbox, folder: Folder, infos: List[MessageInfo], options: mail.MailOptions
+    services: Services,
+    mailbox: IMailbox,
+    folder: Folder,
+    infos: List[MessageInfo],
+    options: mail.MailOptions,
+    ready: Optional[Dict[RenderJob, wbxml.Element]] = None,
 ) -> Dict[str, wbxml.Element]:
     """
     The ApplicationData of each message by uid; messages that vanished
     meanwhile are left out. Messages are read a chunk at a time, each
     chunk in one backend call, and each chunk goes to the renderer as
     soon as it is read, so that rendering overlaps the next read.
+
+    @param ready: messages already rendered (ahead, see L{_renderAhead}),
+        by the very job that would render them: one whose content, flags
+        or options changed since is rendered again.
     """
     pending: List[Tuple[List[str], "Deferred[List[wbxml.Element]]"]] = []
+    rendered: Dict[str, wbxml.Element] = {}
     try:
         for start in range(0, len(infos), READ_CHUNK):
             chunk = infos[start : start + READ_CHUNK]
@@ -367,8 +377,13 @@ async def _render(
             for info in chunk:
                 raw = raws.get(info.uid)
                 if raw is not None:
-                    jobs.append(jobFor(raw, info, folder.id, options))
-                    uids.append(info.uid)
+                    job = jobFor(raw, info, folder.id, options)
+                    done = ready.pop(job, None) if ready else None
+                    if done is not None:
+                        rendered[info.uid] = done
+                    else:
+                        jobs.append(job)
+                        uids.append(info.uid)
             del raws
             if jobs:
                 pending.append((uids, services.render(jobs)))
@@ -377,10 +392,79 @@ async def _render(
             # Their outcome no longer matters; do not log it as unhandled.
             d.addErrback(lambda _: None)
         raise
-    rendered: Dict[str, wbxml.Element] = {}
     for uids, d in pending:
         rendered.update(zip(uids, await d))
     return rendered
+
+
+#: How long what was rendered ahead waits for the device's next Sync.
+AHEAD_SECONDS = 60.0
+
+
+@attrs.define
+class _Ahead:
+    """
+    The next window of one device's paged Sync of one folder, being
+    rendered ahead: a Deferred per chunk, firing with its elements by job
+    (nothing, if rendering failed).
+    """
+
+    chunks: List["Deferred[Dict[RenderJob, wbxml.Element]]"]
+    expiry: Any = None
+
+
+def _dropAhead(services: Services, key: Tuple[str, str, str]) -> Optional[_Ahead]:
+    ahead: Optional[_Ahead] = services.aheads.pop(key, None)
+    if ahead is not None and ahead.expiry is not None and ahead.expiry.active():
+        ahead.expiry.cancel()
+    return ahead
+
+
+async def _takeAhead(services: Services, key: Tuple[str, str, str]) -> Dict[RenderJob, wbxml.Element]:
+    """
+    What was rendered ahead for C{key}, waiting for what is still being
+    rendered (it was started a round trip ago); forgotten either way.
+    """
+    ahead = _dropAhead(services, key)
+    ready: Dict[RenderJob, wbxml.Element] = {}
+    if ahead is not None:
+        for d in list(ahead.chunks):
+            ready.update(await d)
+    return ready
+
+
+async def _renderAhead(
+    services: Services, mailbox: IMailbox, folder: Folder, key: Tuple[str, str, str], infos: List[MessageInfo], options: mail.MailOptions
+) -> None:
+    """
+    Read and render C{infos} for the device's next Sync, while it reads
+    this answer. Stops reading when that Sync has come (or another
+    rendering ahead replaced this one).
+    """
+    _dropAhead(services, key)
+    ahead = _Ahead([])
+    ahead.expiry = services.clock.callLater(AHEAD_SECONDS, _dropAhead, services, key)
+    services.aheads[key] = ahead
+
+    def forget(failure: Any) -> Dict[RenderJob, wbxml.Element]:
+        log.failure("rendering ahead failed; the next Sync renders again", failure=failure)
+        return {}
+
+    for start in range(0, len(infos), READ_CHUNK):
+        if services.aheads.get(key) is not ahead:
+            return
+        chunk = infos[start : start + READ_CHUNK]
+        try:
+            raws = await mailbox.messagesData(folder.id, [info.uid for info in chunk])
+        except MailboxError:
+            return
+        jobs = [jobFor(raws[info.uid], info, folder.id, options) for info in chunk if info.uid in raws]
+        del raws
+        if jobs:
+            d = services.render(jobs)
+            d.addCallback(lambda elements, jobs=jobs: dict(zip(jobs, elements)))
+            d.addErrback(forget)
+            ahead.chunks.append(d)
 
 
 def _now(response: Response) -> Tuple[Response, None]:
@@ -475,15 +559,25 @@ async def _syncCollection(
     undo: Dict[str, Optional[int]] = {}
     commands: List[wbxml.Element] = []
     more = False
+    aheadKey = (request.user, request.deviceId, folder.id)
+    ready = await _takeAhead(services, aheadKey) if services.renderAhead else {}
+    nextAdds: List[MessageInfo] = []
     if collection.getChanges:
         window = min(collection.windowSize, budget)
-        changes, total = await pendingChanges(mailbox, folder.id, items, filterValue, now, limit=window)
+        # With rendering ahead, the window after this one too.
+        limit = 2 * window if services.renderAhead else window
+        changes, total = await pendingChanges(mailbox, folder.id, items, filterValue, now, limit=limit)
         if total > window:
+            nextAdds = [info for kind, _, info in changes[window:] if kind == "Add" and info is not None]
             changes, more = changes[:window], True
         options = mail.parseOptions(collection.options, version=request.version)
         adds = [info for kind, _, info in changes if kind == "Add" and info is not None]
-        rendered = await _render(services, mailbox, folder, adds, options)
-        del adds
+        rendered = await _render(services, mailbox, folder, adds, options, ready)
+        del adds, ready
+        if services.renderAhead and nextAdds:
+            started = Deferred.fromCoroutine(_renderAhead(services, mailbox, folder, aheadKey, nextAdds, options))
+            started.addErrback(lambda f: log.failure("rendering ahead failed", failure=f))
+        del nextAdds
         for kind, uid, info in changes:
             if kind in ("Delete", "SoftDelete"):
                 commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}")))
