@@ -321,7 +321,7 @@ async def _syncOnce(
         answers.append(answer)
         anything = anything or changed
         if state is not None:
-            updates[stateKey(collection.collectionId)] = dumps(state)
+            updates[stateKey(collection.collectionId)] = dumps(state, sortKeys=False)
             # The cache remembers each collection at its newest key.
             collection.syncKey = state["key"]
             collection.commands = []
