@@ -11,7 +11,7 @@ and never blocks the reactor thread.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable, FrozenSet, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
@@ -62,6 +62,15 @@ class IMailbox(Interface):
     def message(folderId: str, uid: str) -> "Deferred[bytes]":
         """
         The raw message.
+        """
+
+    def messagesData(folderId: str, uids: "Sequence[str]") -> "Deferred[Dict[str, bytes]]":
+        """
+        Several raw messages in one go (a Sync window), by uid: cheaper
+        than one L{message} call each, which may cost a thread hop or a
+        server round trip apiece. Uids the folder does not hold (gone since
+        the listing, or malformed) are left out rather than failing the
+        batch; an unknown folder fails with L{NoSuchFolder}.
         """
 
     def append(

@@ -11,6 +11,7 @@ the mail and WBXML modules.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, List, Sequence
 
@@ -20,7 +21,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 
 from . import wbxml
-from .protocol.render import RenderJob, renderAll
+from .protocol.render import RenderJob, ready, renderEncoded
 
 log = Logger()
 
@@ -44,13 +45,35 @@ class RenderPool(Service):
         super().startService()
         context = multiprocessing.get_context("spawn")
         self._executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=context)
+        # Workers start on demand, each taking a good part of a second to
+        # import its modules: start them now rather than in the first Sync.
+        for _ in range(self._workers):
+            self._executor.submit(ready)
         log.info("rendering in {workers} worker processes", workers=self._workers)
 
-    def stopService(self) -> None:
+    def stopService(self) -> "Deferred[None]":
+        """
+        Stop the workers; the result fires once they have exited. twistd
+        waits for it: a server that ends by re-raising SIGTERM runs no
+        exit handlers, and workers told to stop only a moment before would
+        be left running without a parent.
+        """
         super().stopService()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        executor, self._executor = self._executor, None
+        stopped: Deferred[None] = Deferred()
+        if executor is None:
+            stopped.callback(None)
+            return stopped
+
+        def shutdown() -> None:
+            # Blocks until every worker has exited: not on the reactor thread.
+            try:
+                executor.shutdown(wait=True, cancel_futures=True)
+            finally:
+                self._reactor.callFromThread(stopped.callback, None)
+
+        threading.Thread(target=shutdown, name="directpush-renderpool-stop", daemon=True).start()
+        return stopped
 
     def __call__(self, jobs: Sequence[RenderJob]) -> "Deferred[List[wbxml.Element]]":
         jobs = list(jobs)
@@ -67,7 +90,7 @@ class RenderPool(Service):
 
     def _submit(self, jobs: List[RenderJob]) -> "Deferred[List[wbxml.Element]]":
         d: Deferred[List[wbxml.Element]] = Deferred()
-        future: Future = self._executor.submit(renderAll, jobs)
+        future: Future = self._executor.submit(renderEncoded, jobs)
 
         def done(f: Future) -> None:
             # Runs on an executor thread: hand the result to the reactor.

@@ -410,6 +410,7 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         renderPool = RenderPool(reactor, config.renderWorkers)
         renderPool.setServiceParent(top)
         services.render = renderPool
+        services.renderAhead = True
     dispatcher = makeDispatcher(services)
     checker = auth.PasswdChecker(passwd, runBlocking, reactor)
     portal = Portal(auth.Realm(web.makeUserResource(dispatcher, config.maxBody)), [checker])

@@ -693,6 +693,34 @@ class BackendContractTests(_Base):
         self.failureOf(box.messages("nosuch"), NoSuchFolder)
         self.failureOf(box.message("nosuch", uid), NoSuchFolder)
 
+    def test_messagesData(self) -> None:
+        """
+        L{IMailbox.messagesData} returns the raw bytes of each uid asked
+        for that the folder holds, by uid; unknown, malformed and deleted
+        uids are left out, not failed.
+        """
+        box = self.mailbox()
+        inbox = self.inbox(box)
+        raws = [message(1), b"", RAW * 100]
+        uids = [self.append(box, inbox, raw) for raw in raws]
+        self.resultOf(box.delete(inbox, uids[1]))
+        found = self.resultOf(box.messagesData(inbox, [uids[2], "999", uids[1], "../x", "", uids[0]]))
+        self.assertEqual(found, {uids[0]: raws[0], uids[2]: raws[2]})
+        self.assertEqual(self.resultOf(box.messagesData(inbox, [])), {})
+
+    def test_messagesDataOtherFolder(self) -> None:
+        """
+        L{IMailbox.messagesData} reads only the folder it is given; an
+        unknown folder fails with L{NoSuchFolder}.
+        """
+        box = self.mailbox()
+        inbox = self.inbox(box)
+        sent = self.special(box, FolderType.SENT).id
+        uid = self.append(box, sent, message(2))
+        self.assertEqual(self.resultOf(box.messagesData(sent, [uid])), {uid: message(2)})
+        self.assertNotEqual(self.resultOf(box.messagesData(inbox, [uid])).get(uid), message(2))
+        self.failureOf(box.messagesData("nosuch", [uid]), NoSuchFolder)
+
     # notification
 
     def test_announceAppend(self) -> None:

@@ -417,6 +417,23 @@ class OutsideChangeTests(_MaildirTestMixin):
         self.assertEqual(self.successResultOf(box.message("1", uid)), b"text")
         self.assertEqual(self.listing(box, "1")[uid].flags, {Flag.FLAGGED, Flag.SEEN})
 
+    def test_messagesDataAfterOutsideChanges(self) -> None:
+        """
+        A batch read finds a message another reader renamed for new flags,
+        and leaves out one another program removed.
+        """
+        box = self.open(self.backend(self.laterClock()))
+        kept = self.successResultOf(box.append("1", b"kept", [Flag.DRAFT]))
+        gone = self.successResultOf(box.append("1", b"gone", [Flag.SEEN]))
+        self.listing(box, "1")
+        for name in self.files(self.home, "cur"):
+            path = self.home.child("cur").child(name)
+            if path.getContent() == b"gone":
+                path.remove()
+            else:
+                os.rename(path.path, self.home.child("cur").child(name.split(":")[0] + ":2,FS").path)
+        self.assertEqual(self.successResultOf(box.messagesData("1", [kept, gone])), {kept: b"kept"})
+
     def test_deletedOutside(self) -> None:
         """
         A message removed by another program leaves the listing; its uid is
@@ -689,6 +706,30 @@ class BlockingTests(SynchronousTestCase):
         queue.pop(0)()
         self.assertEqual(self.successResultOf(appended), "1")
         self.assertEqual(queue, [])
+
+    def test_messagesDataOneHop(self) -> None:
+        """
+        A batch read of several messages is one piece of blocking work.
+        """
+        queue: List[Callable[[], object]] = []
+
+        def runLater(f: Callable[[], object]) -> Deferred[object]:
+            d: Deferred[object] = Deferred()
+            queue.append(lambda: d.callback(f()))
+            return d
+
+        backend = MaildirBackend(FilePath(self.mktemp()), runLater, Clock())
+        opened = backend.mailbox("alice")
+        queue.pop(0)()
+        box = self.successResultOf(opened)
+        appended = [box.append("1", b"m%d" % n) for n in range(5)]
+        while queue:
+            queue.pop(0)()
+        uids = [self.successResultOf(d) for d in appended]
+        read = box.messagesData("1", uids)
+        self.assertEqual(len(queue), 1)
+        queue.pop(0)()
+        self.assertEqual(self.successResultOf(read), {uid: b"m%d" % n for n, uid in enumerate(uids)})
 
     def test_concurrentAppends(self) -> None:
         """

@@ -54,6 +54,7 @@ class SyncMachine(RuleBasedStateMachine):
     """
 
     backendKind = "memory"
+    renderAhead = False
 
     @initialize()
     def start(self) -> None:
@@ -65,7 +66,7 @@ class SyncMachine(RuleBasedStateMachine):
             backend: Any = MaildirBackend(FilePath(self.tmp), runNow, self.clock)
         else:
             backend = MemoryBackend(self.clock)
-        services = Services(backend, MemoryStateStore(), self.clock, policy=Policy.NONE)
+        services = Services(backend, MemoryStateStore(), self.clock, policy=Policy.NONE, renderAhead=self.renderAhead)
         self.phone = Phone(dispatcherTransport(makeDispatcher(services), USER))
         self.mailbox = result(backend.mailbox(USER))
         self.inbox = next(f.id for f in result(self.mailbox.folders()) if f.type == FolderType.INBOX)
@@ -189,6 +190,10 @@ class MaildirSyncMachine(SyncMachine):
     backendKind = "maildir"
 
 
+class RenderAheadSyncMachine(SyncMachine):
+    renderAhead = True
+
+
 class SyncPropertyTests(SynchronousTestCase):
     """
     The property, against each backend.
@@ -213,5 +218,16 @@ class SyncPropertyTests(SynchronousTestCase):
             MaildirSyncMachine,
             settings=settings(
                 max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+            ),
+        )
+
+    def test_renderAhead(self) -> None:
+        """
+        Against the memory backend, rendering the next window ahead.
+        """
+        run_state_machine_as_test(
+            RenderAheadSyncMachine,
+            settings=settings(
+                max_examples=100, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
             ),
         )

@@ -8,6 +8,7 @@ error type for malformed input.
 from __future__ import annotations
 
 import io
+import pickle
 import sys
 from typing import List
 from unittest import mock
@@ -20,6 +21,7 @@ from directpush.wbxml import (
     DecodeError,
     E,
     Element,
+    Encoded,
     EncodeError,
     XMLError,
     decode,
@@ -171,6 +173,79 @@ class RoundTripTests(SynchronousTestCase):
         cannot hold.
         """
         self.assertEqual(encode(fromXML(toXML(_xmlSafe(tree)))), encode(_xmlSafe(tree)))
+
+
+class EncodedTests(SynchronousTestCase):
+    """
+    L{Encoded}: an element that carries its tokens, spliced into documents
+    as they are, and an ordinary element for everything else.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(_trees(), _trees(), _trees())
+    def test_spliced(self, before: Element, tree: Element, after: Element) -> None:
+        """
+        A document with an L{Encoded} element anywhere between others of any
+        code page decodes to the document with the plain element.
+        """
+        plain = E("AirSync:Sync", before, tree, after)
+        spliced = E("AirSync:Sync", before, Encoded.of(tree), after)
+        self.assertEqual(decode(encode(spliced)), plain)
+
+    @settings(max_examples=200, deadline=None)
+    @given(_trees())
+    def test_pickled(self, tree: Element) -> None:
+        """
+        An L{Encoded} element pickles as its tokens and unpickles equal to
+        the element it was made of.
+        """
+        encoded = Encoded.of(tree)
+        copy = pickle.loads(pickle.dumps(encoded))
+        self.assertEqual(copy, tree)
+        self.assertEqual(decode(encode(E("AirSync:Sync", copy))), E("AirSync:Sync", tree))
+
+    def test_tokensUsed(self) -> None:
+        """
+        L{encode} copies the tokens rather than walking the tree: tokens
+        that say something else show in the document.
+        """
+        encoded = Encoded.of(E("AirSync:ApplicationData", E("Email:Subject", "real")))
+        assert isinstance(encoded, Encoded)
+        other = Encoded.of(E("AirSync:ApplicationData", E("Email:Subject", "from the tokens")))
+        assert isinstance(other, Encoded)
+        encoded._wbxml = other._wbxml
+        self.assertEqual(
+            decode(encode(E("AirSync:Sync", encoded))).findtext("ApplicationData/Email:Subject"),
+            "from the tokens",
+        )
+
+    def test_changedAfterReading(self) -> None:
+        """
+        Once its children are read, an L{Encoded} element is encoded from
+        them, so changes made to it are not lost.
+        """
+        encoded = Encoded.of(E("AirSync:ApplicationData", E("Email:Subject", "hi")))
+        self.assertEqual(encoded.findtext("Email:Subject"), "hi")
+        encoded.add("Email:Read", "1")
+        back = decode(encode(E("AirSync:Sync", encoded)))
+        self.assertEqual(back.findtext("ApplicationData/Email:Read"), "1")
+        self.assertEqual(back.findtext("ApplicationData/Email:Subject"), "hi")
+        self.assertIs(type(pickle.loads(pickle.dumps(encoded))), Element)
+
+    def test_leaves(self) -> None:
+        """
+        An element without children is returned as it is: its tokens would
+        save nothing.
+        """
+        for leaf in (E("Email:Subject", "x"), E("AirSync:MoreAvailable")):
+            self.assertIs(Encoded.of(leaf), leaf)
+
+    def test_encodeErrors(self) -> None:
+        """
+        An element that cannot be encoded fails when its tokens are made,
+        with L{EncodeError}.
+        """
+        self.assertRaises(EncodeError, Encoded.of, E("AirSync:ApplicationData", E("Email:Subject", "a\x00b")))
 
 
 def _xmlSafe(tree: Element) -> Element:

@@ -156,6 +156,14 @@ class MemoryMailbox:
     def message(self, folderId: str, uid: str) -> "Deferred[bytes]":
         return _result(lambda: self._message(folderId, uid)[0])
 
+    def messagesData(self, folderId: str, uids: Sequence[str]) -> "Deferred[Dict[str, bytes]]":
+        def read() -> Dict[str, bytes]:
+            self._folder(folderId)
+            held = self._messages[folderId]
+            return {uid: held[uid][0] for uid in uids if uid in held}
+
+        return _result(read)
+
     def append(
         self,
         folderId: str,

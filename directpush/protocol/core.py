@@ -83,8 +83,15 @@ class Policy(enum.Enum):
     PERMISSIVE = "permissive"
 
 
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+def dumps(value: Any, sortKeys: bool = True) -> bytes:
+    """
+    C{value} as compact JSON.
+
+    @param sortKeys: sort every object's keys (stable bytes for equal
+        values); a big map of items need not pay for sorting, nor for a
+        sorted copy of its pairs.
+    """
+    return json.dumps(value, separators=(",", ":"), sort_keys=sortKeys).encode("utf-8")
 
 
 def loads(raw: Optional[bytes]) -> Any:
@@ -150,7 +157,14 @@ class Services:
     minHeartbeat: int = 60
     maxHeartbeat: int = 3540
     maxPingFolders: int = 300
+    #: Render the next window of a paged Sync while the device reads this
+    #: one: worth it only with a renderer that works elsewhere (the worker
+    #: pool), and harmful with one that works on the reactor thread.
+    renderAhead: bool = False
     _locks: Dict[Tuple[str, str], DeferredLock] = attrs.field(factory=dict)
+    #: (user, device, folder) -> what is being rendered ahead for it; see
+    #: L{directpush.protocol.sync}.
+    aheads: Dict[Tuple[str, str, str], Any] = attrs.field(factory=dict)
 
     def address(self, user: str) -> str:
         """

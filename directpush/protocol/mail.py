@@ -255,14 +255,22 @@ class _Policy(Compat32):
 _POLICY = _Policy()
 
 
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
 def _unfold(value: str) -> str:
-    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+    # Most header values are one line: every message has a dozen of them.
+    if "\n" not in value:
+        return value.strip()
+    return _FOLD.sub("", value).strip()
 
 
 def _unescape(value: str) -> str:
     """
     Turn the parser's surrogate escapes back into the text they stand for.
     """
+    if value.isascii():
+        return value
     try:
         value.encode("utf-8")
         return value

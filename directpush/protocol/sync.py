@@ -3,20 +3,28 @@
 Sync (MS-ASCMD 2.2.1.21) for mail collections.
 
 Per (user, device, collection) the state (key C{sync:<collection>}) holds
-the current key and the items the device has at that key (uid -> [read,
-flagged]), and the previous key with the items after that request's client
-commands and the C{Responses} it produced. A device that lost an answer
-repeats the previous key: the answer is rebuilt from there, and its client
-commands are not applied again (digest §5.5).
+the current key and the items the device has at that key (uid -> flag
+bits, see L{itemState}), and the previous key with the C{Responses} it
+produced and what tells the items after that request's client commands
+from the current ones (C{undo}: uid -> bits then, or null for an item the
+device did not have). A device that lost an answer repeats the previous
+key: the answer is rebuilt from there, and its client commands are not
+applied again (digest §5.5).
+
+The undo map is as big as one answer, not as the folder: a folder's whole
+item map is read, changed in place and written once per Sync, never
+copied. States written before the undo map (items as C{[read, flagged]}
+lists, the previous items in full) are still read.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 import attrs
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .. import wbxml
@@ -25,7 +33,7 @@ from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchM
 from ..wbxml import E
 from . import mail
 from .compose import addMissingHeaders
-from .render import jobFor
+from .render import RenderJob, jobFor
 from .core import Services, dumps, folderById, loads, newKey, nextKey
 from .dispatch import Response, wbxmlResponse
 from .request import EASRequest
@@ -35,6 +43,8 @@ log = Logger()
 SYNC_CACHE = "synccache"
 DEFAULT_WINDOW = 100
 MAX_WINDOW = 512
+#: Messages read from the backend in one call while rendering a window.
+READ_CHUNK = 128
 
 # Sync statuses (MS-ASCMD 2.2.3.177.17).
 OK = "1"
@@ -51,11 +61,39 @@ DAY = 24 * 60 * 60
 #: FilterType -> the age of the oldest message in the window (digest §5.3).
 FILTER_WINDOWS = {1: DAY, 2: 3 * DAY, 3: 7 * DAY, 4: 14 * DAY, 5: 31 * DAY, 6: 92 * DAY, 7: 183 * DAY}
 
-Items = Dict[str, List[int]]
+Items = Dict[str, Any]
+
+#: Bits of an item's state as the device knows it.
+READ = 1
+FLAGGED = 2
 
 
-def itemState(info: MessageInfo) -> List[int]:
-    return [int(Flag.SEEN in info.flags), int(Flag.FLAGGED in info.flags)]
+def itemState(info: MessageInfo) -> int:
+    """
+    The state of an item the device is told about: L{READ} | L{FLAGGED}
+    bits (small ints, which Python shares: an item costs its uid only).
+    """
+    return (READ if Flag.SEEN in info.flags else 0) | (FLAGGED if Flag.FLAGGED in info.flags else 0)
+
+
+def _bits(value: Any) -> int:
+    """
+    An item's state as stored: bits, or the C{[read, flagged]} list of
+    states written before bits.
+    """
+    if type(value) is int:
+        return value
+    return (READ if value[0] else 0) | (FLAGGED if value[1] else 0)
+
+
+def _upgrade(items: Items) -> Items:
+    """
+    C{items} with every value as bits (in place).
+    """
+    for uid, value in items.items():
+        if type(value) is not int:
+            items[uid] = _bits(value)
+    return items
 
 
 def stateKey(collectionId: str) -> str:
@@ -122,34 +160,59 @@ def filterType(options: Optional[wbxml.Element]) -> int:
 
 
 async def pendingChanges(
-    mailbox: IMailbox, folderId: str, items: Items, filterTypeValue: int, now: float
-) -> Tuple[List[Tuple[str, str, Optional[MessageInfo]]], Dict[str, MessageInfo]]:
+    mailbox: IMailbox,
+    folderId: str,
+    items: Items,
+    filterTypeValue: int,
+    now: float,
+    limit: Optional[int] = None,
+) -> Tuple[List[Tuple[str, str, Optional[MessageInfo]]], int]:
     """
     What the device at C{items} lacks: a list of (kind, uid, info) with
     kind C{Change}, C{Delete}, C{SoftDelete} or C{Add} (newest first),
-    and the folder's listing by uid.
+    and how many there are in all.
+
+    @param limit: list no more than this many (the rest is only
+        counted): a window of a big folder's initial Sync need not sort
+        every message that is not yet on the device.
     """
-    listing = {info.uid: info for info in await mailbox.messages(folderId)}
+    listing = await mailbox.messages(folderId)
     window = FILTER_WINDOWS.get(filterTypeValue)
     oldest = now - window if window else None
     changes: List[Tuple[str, str, Optional[MessageInfo]]] = []
     adds: List[MessageInfo] = []
-    for uid, info in listing.items():
+    known = 0
+    for info in listing:
         inWindow = oldest is None or info.received >= oldest
-        known = items.get(uid)
-        if known is None:
+        state = items.get(info.uid)
+        if state is None:
             if inWindow:
                 adds.append(info)
-        elif not inWindow:
-            changes.append(("SoftDelete", uid, info))
-        elif known != itemState(info):
-            changes.append(("Change", uid, info))
-    for uid in items:
-        if uid not in listing:
-            changes.append(("Delete", uid, None))
-    adds.sort(key=lambda i: i.received, reverse=True)
+            continue
+        known += 1
+        if not inWindow:
+            changes.append(("SoftDelete", info.uid, info))
+        elif _bits(state) != itemState(info):
+            changes.append(("Change", info.uid, info))
+    if known < len(items):
+        # Some item the device has is gone: only then is a set of the
+        # listing's uids worth making.
+        present = {info.uid for info in listing}
+        changes.extend(("Delete", uid, None) for uid in items if uid not in present)
+        del present
+    del listing
+    total = len(changes) + len(adds)
+    room = None if limit is None else max(0, limit - len(changes))
+    if room is None or room >= len(adds):
+        adds.sort(key=_received, reverse=True)
+    else:
+        adds = heapq.nlargest(room, adds, key=_received)
     changes.extend(("Add", info.uid, info) for info in adds)
-    return changes, listing
+    return changes, total
+
+
+def _received(info: MessageInfo) -> float:
+    return info.received
 
 
 def validateWait(document: wbxml.Element) -> Optional[wbxml.Element]:
@@ -258,7 +321,7 @@ async def _syncOnce(
         answers.append(answer)
         anything = anything or changed
         if state is not None:
-            updates[stateKey(collection.collectionId)] = dumps(state)
+            updates[stateKey(collection.collectionId)] = dumps(state, sortKeys=False)
             # The cache remembers each collection at its newest key.
             collection.syncKey = state["key"]
             collection.commands = []
@@ -287,26 +350,121 @@ async def _syncOnce(
 
 
 async def _render(
-    services: Services, mailbox: IMailbox, folder: Folder, infos: List[MessageInfo], options: mail.MailOptions
+    services: Services,
+    mailbox: IMailbox,
+    folder: Folder,
+    infos: List[MessageInfo],
+    options: mail.MailOptions,
+    ready: Optional[Dict[RenderJob, wbxml.Element]] = None,
 ) -> Dict[str, wbxml.Element]:
     """
     The ApplicationData of each message by uid; messages that vanished
-    meanwhile are left out. Reads run concurrently, rendering in one
-    batch through the services' renderer.
+    meanwhile are left out. Messages are read a chunk at a time, each
+    chunk in one backend call, and each chunk goes to the renderer as
+    soon as it is read, so that rendering overlaps the next read.
+
+    @param ready: messages already rendered (ahead, see L{_renderAhead}),
+        by the very job that would render them: one whose content, flags
+        or options changed since is rendered again.
     """
-    if not infos:
+    pending: List[Tuple[List[str], "Deferred[List[wbxml.Element]]"]] = []
+    rendered: Dict[str, wbxml.Element] = {}
+    try:
+        for start in range(0, len(infos), READ_CHUNK):
+            chunk = infos[start : start + READ_CHUNK]
+            raws = await mailbox.messagesData(folder.id, [info.uid for info in chunk])
+            jobs, uids = [], []
+            for info in chunk:
+                raw = raws.get(info.uid)
+                if raw is not None:
+                    job = jobFor(raw, info, folder.id, options)
+                    done = ready.pop(job, None) if ready else None
+                    if done is not None:
+                        rendered[info.uid] = done
+                    else:
+                        jobs.append(job)
+                        uids.append(info.uid)
+            del raws
+            if jobs:
+                pending.append((uids, services.render(jobs)))
+    except BaseException:
+        for _, d in pending:
+            # Their outcome no longer matters; do not log it as unhandled.
+            d.addErrback(lambda _: None)
+        raise
+    for uids, d in pending:
+        rendered.update(zip(uids, await d))
+    return rendered
+
+
+#: How long what was rendered ahead waits for the device's next Sync.
+AHEAD_SECONDS = 60.0
+
+
+@attrs.define
+class _Ahead:
+    """
+    The next window of one device's paged Sync of one folder, being
+    rendered ahead: a Deferred per chunk, firing with its elements by job
+    (nothing, if rendering failed).
+    """
+
+    chunks: List["Deferred[Dict[RenderJob, wbxml.Element]]"]
+    expiry: Any = None
+
+
+def _dropAhead(services: Services, key: Tuple[str, str, str]) -> Optional[_Ahead]:
+    ahead: Optional[_Ahead] = services.aheads.pop(key, None)
+    if ahead is not None and ahead.expiry is not None and ahead.expiry.active():
+        ahead.expiry.cancel()
+    return ahead
+
+
+async def _takeAhead(services: Services, key: Tuple[str, str, str]) -> Dict[RenderJob, wbxml.Element]:
+    """
+    What was rendered ahead for C{key}, waiting for what is still being
+    rendered (it was started a round trip ago); forgotten either way.
+    """
+    ahead = _dropAhead(services, key)
+    ready: Dict[RenderJob, wbxml.Element] = {}
+    if ahead is not None:
+        for d in list(ahead.chunks):
+            ready.update(await d)
+    return ready
+
+
+async def _renderAhead(
+    services: Services, mailbox: IMailbox, folder: Folder, key: Tuple[str, str, str], infos: List[MessageInfo], options: mail.MailOptions
+) -> None:
+    """
+    Read and render C{infos} for the device's next Sync, while it reads
+    this answer. Stops reading when that Sync has come (or another
+    rendering ahead replaced this one).
+    """
+    _dropAhead(services, key)
+    ahead = _Ahead([])
+    ahead.expiry = services.clock.callLater(AHEAD_SECONDS, _dropAhead, services, key)
+    services.aheads[key] = ahead
+
+    def forget(failure: Any) -> Dict[RenderJob, wbxml.Element]:
+        log.failure("rendering ahead failed; the next Sync renders again", failure=failure)
         return {}
-    reads = [mailbox.message(folder.id, info.uid) for info in infos]
-    outcomes = await DeferredList(reads, consumeErrors=True)
-    jobs, uids = [], []
-    for info, (ok, raw) in zip(infos, outcomes):
-        if not ok:
-            if not raw.check(NoSuchMessage):
-                raw.raiseException()
-            continue
-        jobs.append(jobFor(raw, info, folder.id, options))
-        uids.append(info.uid)
-    return dict(zip(uids, await services.render(jobs)))
+
+    for start in range(0, len(infos), READ_CHUNK):
+        if services.aheads.get(key) is not ahead:
+            return
+        chunk = infos[start : start + READ_CHUNK]
+        try:
+            raws = await mailbox.messagesData(folder.id, [info.uid for info in chunk])
+        except MailboxError:
+            return
+        jobs = [jobFor(raws[info.uid], info, folder.id, options) for info in chunk if info.uid in raws]
+        del raws
+        if jobs:
+            d = services.render(jobs)
+            d.addCallback(lambda elements, jobs=jobs: dict(zip(jobs, elements)))
+            d.addErrback(forget)
+            ahead.chunks.append(d)
 
 
 def _now(response: Response) -> Tuple[Response, None]:
@@ -376,35 +534,55 @@ async def _syncCollection(
     if stored is None:
         return failed(BAD_KEY)
     previous = stored.get("prev") or {}
+    # The stored map is this request's own copy: changed in place below.
+    items: Items = _upgrade(stored["items"])
     if collection.syncKey == stored["key"]:
-        base: Items = dict(stored["items"])
-        responses = await _applyCommands(services, request, mailbox, folders, folder, collection, base, now)
-        retry = False
-    elif collection.syncKey == previous.get("key") and "items" in previous:
-        base = dict(previous["items"])
-        responses = wbxml.decode(base64.b64decode(previous["responses"])) if previous.get("responses") else None
-        retry = True
+        responses = await _applyCommands(services, request, mailbox, folders, folder, collection, items, now)
+        earlier = base64.b64encode(wbxml.encode(responses)).decode("ascii") if responses is not None else None
+    elif collection.syncKey == previous.get("key") and ("undo" in previous or "items" in previous):
+        if "undo" in previous:
+            _undo(items, previous["undo"])
+        else:
+            items = _upgrade(previous["items"])
+        earlier = previous.get("responses")
+        responses = wbxml.decode(base64.b64decode(earlier)) if earlier else None
         log.info(
             "{user} device {device} repeats key {key} of {collection}: answer rebuilt",
             user=request.user, device=request.deviceId, key=collection.syncKey, collection=folder.id,
         )
     else:
         return failed(BAD_KEY)
+    del stored, previous
 
+    # The items now are those after the request's client commands, which
+    # the previous key stands for; undo says how to get back to them.
+    undo: Dict[str, Optional[int]] = {}
     commands: List[wbxml.Element] = []
     more = False
-    items = dict(base)
+    aheadKey = (request.user, request.deviceId, folder.id)
+    ready = await _takeAhead(services, aheadKey) if services.renderAhead else {}
+    nextAdds: List[MessageInfo] = []
     if collection.getChanges:
-        changes, listing = await pendingChanges(mailbox, folder.id, base, filterValue, now)
         window = min(collection.windowSize, budget)
-        if len(changes) > window:
+        # With rendering ahead, the window after this one too.
+        limit = 2 * window if services.renderAhead else window
+        changes, total = await pendingChanges(mailbox, folder.id, items, filterValue, now, limit=limit)
+        if total > window:
+            nextAdds = [info for kind, _, info in changes[window:] if kind == "Add" and info is not None]
             changes, more = changes[:window], True
         options = mail.parseOptions(collection.options, version=request.version)
         adds = [info for kind, _, info in changes if kind == "Add" and info is not None]
-        rendered = await _render(services, mailbox, folder, adds, options)
+        rendered = await _render(services, mailbox, folder, adds, options, ready)
+        del adds, ready
+        if services.renderAhead and nextAdds:
+            started = Deferred.fromCoroutine(_renderAhead(services, mailbox, folder, aheadKey, nextAdds, options))
+            started.addErrback(lambda f: log.failure("rendering ahead failed", failure=f))
+        del nextAdds
         for kind, uid, info in changes:
             if kind in ("Delete", "SoftDelete"):
                 commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}")))
+                if uid not in undo:
+                    undo[uid] = items.get(uid)
                 items.pop(uid, None)
                 continue
             assert info is not None
@@ -415,11 +593,13 @@ async def _syncCollection(
                     mail.flagElement(Flag.FLAGGED in info.flags),
                 )
             else:
-                found = rendered.get(uid)
+                found = rendered.pop(uid, None)
                 if found is None:
                     continue  # gone since the listing; the next Sync says so
                 data = found
             commands.append(E(kind, E("ServerId", f"{folder.id}:{uid}"), data))
+            if uid not in undo:
+                undo[uid] = items.get(uid)
             items[uid] = itemState(info)
         budget -= len(commands)
 
@@ -442,15 +622,20 @@ async def _syncCollection(
         "key": key,
         "items": items,
         "filter": filterValue,
-        "prev": {
-            "key": collection.syncKey,
-            "items": base,
-            "responses": base64.b64encode(wbxml.encode(responses)).decode("ascii") if responses is not None else None,
-        },
+        "prev": {"key": collection.syncKey, "undo": undo, "responses": earlier},
     }
-    if retry:
-        state["prev"] = previous
     return answer, state, budget, True
+
+
+def _undo(items: Items, undo: Dict[str, Any]) -> None:
+    """
+    Take C{items} back to the previous key's (in place).
+    """
+    for uid, value in undo.items():
+        if value is None:
+            items.pop(uid, None)
+        else:
+            items[uid] = _bits(value)
 
 
 async def _applyCommands(
@@ -510,11 +695,12 @@ async def _applyCommands(
                 flags = set(info.flags)
                 # The device knows what it had plus what it changed, not
                 # whatever else changed here meanwhile: that still goes to it.
-                known = list(items.get(uid, itemState(info)))
-                for index, (flag, key) in enumerate(((Flag.SEEN, "read"), (Flag.FLAGGED, "flagged"))):
+                held = items.get(uid)
+                known = _bits(held) if held is not None else itemState(info)
+                for bit, (flag, key) in ((READ, (Flag.SEEN, "read")), (FLAGGED, (Flag.FLAGGED, "flagged"))):
                     if key in change:
                         (flags.add if change[key] else flags.discard)(flag)
-                        known[index] = int(bool(change[key]))
+                        known = known | bit if change[key] else known & ~bit
                 await mailbox.setFlags(folder.id, uid, sorted(flags))
                 items[uid] = known
             elif command.name == "Delete":
@@ -566,7 +752,7 @@ async def _add(
         return E("Add", E("ClientId", clientId), E("Status", CONVERSION_ERROR)), None
     raw = mail.draftMessage(data)
     uid = await mailbox.append(folder.id, raw, [Flag.DRAFT, Flag.SEEN])
-    items[uid] = [1, 0]
+    items[uid] = READ
     return E("Add", E("ClientId", clientId), E("ServerId", f"{folder.id}:{uid}"), E("Status", OK)), uid
 
 

@@ -9,7 +9,7 @@ standard library.
     True
 """
 
-from ._codec import DecodeError, EncodeError, WBXMLError, decode, encode
+from ._codec import DecodeError, EncodeError, Encoded, WBXMLError, decode, encode
 from ._tokens import NAMESPACES, PAGES, TAGS, Tag
 from ._tree import E, Element
 from ._xml import XMLError, fromXML, toXML
@@ -19,6 +19,7 @@ __all__ = [
     "E",
     "Element",
     "EncodeError",
+    "Encoded",
     "NAMESPACES",
     "PAGES",
     "TAGS",

@@ -7,7 +7,7 @@ persists across END tokens (MS-ASWBXML 2.1.2).
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ._tokens import BY_NAME, NAMESPACES, TAGS, Tag
 from ._tree import Element
@@ -220,7 +220,16 @@ def encode(root: Element) -> bytes:
         element holding both a value and children.
     """
     out = bytearray(HEADER)
-    page = 0
+    _encodeInto(out, root, 0)
+    return bytes(out)
+
+
+def _encodeInto(out: bytearray, root: Element, page: int) -> int:
+    """
+    Append the tokens of C{root} to C{out}, the encoder being on code page
+    C{page} (-1: unknown, so the first tag switches page); return the page
+    it is on afterwards.
+    """
     # An explicit stack, so that tree depth never meets Python's recursion
     # limit; None marks "write END here".
     todo: List[Optional[Element]] = [root]
@@ -229,6 +238,10 @@ def encode(root: Element) -> bytes:
         el = todo.pop()
         if el is None:
             out.append(END)
+            continue
+        if el.__class__ is Encoded and el._wbxml is not None:  # type: ignore[attr-defined]
+            out += el._wbxml  # type: ignore[attr-defined]
+            page = el._endPage  # type: ignore[attr-defined]
             continue
         tag = byName.get((el.ns, el.name))  # type: ignore[arg-type]
         if tag is None:
@@ -266,4 +279,62 @@ def encode(root: Element) -> bytes:
             continue
         todo.append(None)
         todo.extend(reversed(children))
-    return bytes(out)
+    return page
+
+
+_CHILDREN = Element.children
+
+
+class Encoded(Element):
+    """
+    An element that carries its own WBXML tokens, made where it is built
+    (a render worker process) so that it travels as one C{bytes} and
+    L{encode} copies it into a document instead of walking it again.
+
+    It is an L{Element} like any other: reading its C{children} decodes
+    the tokens once, and from then on it is encoded from its children,
+    which may have been changed.
+    """
+
+    __slots__ = ("_wbxml", "_endPage")
+
+    def __init__(self, ns: Optional[str], name: str, wbxml: bytes, endPage: int) -> None:
+        super().__init__(ns, name)
+        self._wbxml: Optional[bytes] = wbxml
+        self._endPage = endPage
+
+    @classmethod
+    def of(cls, el: Element) -> Element:
+        """
+        C{el} with its tokens made now; an element without children is
+        returned as it is (there is nothing to save).
+
+        @raise EncodeError: as L{encode} would for C{el}.
+        """
+        if not el.children or el.value is not None or el.ns is None:
+            return el
+        out = bytearray()
+        endPage = _encodeInto(out, el, -1)
+        return cls(el.ns, el.name, bytes(out), endPage)
+
+    def _getChildren(self) -> List[Element]:
+        if self._wbxml is not None:
+            decoded = decode(HEADER + self._wbxml)
+            _CHILDREN.__set__(self, decoded.children)
+            self._wbxml = None
+        return _CHILDREN.__get__(self)  # type: ignore[no-any-return]
+
+    def _setChildren(self, children: List[Element]) -> None:
+        self._wbxml = None
+        _CHILDREN.__set__(self, children)
+
+    children = property(_getChildren, _setChildren)  # type: ignore[assignment]
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        if self._wbxml is not None:
+            return (Encoded, (self.ns, self.name, self._wbxml, self._endPage))
+        return (_element, (self.ns, self.name, self.value, self.children))
+
+
+def _element(ns: Optional[str], name: str, value: Any, children: List[Element]) -> Element:
+    return Element(ns, name, value, children)
