@@ -34,10 +34,13 @@ log = Logger()
 
 
 def _header(request: Request, name: str) -> Optional[str]:
-    value = request.getHeader(name)
+    # Asked by a bytes name, twisted.web returns the raw bytes; by a str
+    # name it decodes them as UTF-8 and raises on anything else, which a
+    # client controls.
+    value = request.getHeader(name.encode("ascii"))
     if value is None:
         return None
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    return value.decode("latin-1")
 
 
 class ActiveSyncResource(Resource):
