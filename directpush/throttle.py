@@ -274,6 +274,16 @@ class GuardedChannel(HTTPChannel):
             deadline.reset(max(0.0, later - now))
         super().rawDataReceived(data)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # twisted.web drops a connection whose request or header line
+        # passes MAX_LENGTH without a word; say why.
+        log.warn("{peer} sent a request or header line over {limit} bytes; refused", peer=self._peer, limit=self.MAX_LENGTH)
+        self._cancelDeadline()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        self.loseConnection()
+
     def allContentReceived(self) -> None:
         self._cancelDeadline()
         super().allContentReceived()

@@ -264,6 +264,19 @@ class ChannelTests(SynchronousTestCase):
         self.clock.advance(31)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
 
+    def test_longLine(self) -> None:
+        """
+        Regression (torture suite): a header line over twisted.web's line
+        limit dropped the connection with no answer; now 431, logged.
+        """
+        proto, transport = self.connect()
+        raw = self.request()
+        with capturedLogs() as logs:
+            proto.dataReceived(raw[:40] + b"X-Big: " + b"a" * 20000 + b"\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(messages(logs)), 1)
+
     def test_peerConnections(self) -> None:
         """
         A third connection from one address gets 503 and is closed; other
