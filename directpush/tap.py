@@ -25,7 +25,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from twisted.internet.threads import deferToThreadPool
 
-from . import auth, certificate, web
+from . import auth, certificate, throttle, web
 from .backends.maildir import MaildirBackend
 from .directory import PasswdDirectory
 from .protocol.commands import makeDispatcher
@@ -38,6 +38,7 @@ from .submit import Submission, endpointFromString
 log = Logger()
 
 DEFAULT_PORT = 8443
+_LIMITS = throttle.Limits()
 
 
 class Options(usage.Options):
@@ -155,6 +156,41 @@ class Options(usage.Options):
             None,
             "File whose first line is the SMTP AUTH password.",
         ],
+        [
+            "device-rate",
+            None,
+            "%g/%d" % (_LIMITS.deviceRate, _LIMITS.deviceBurst),
+            "Requests one device may make: RATE per second sustained, BURST "
+            "at once, as RATE/BURST. Beyond it: HTTP 503 with Retry-After.",
+        ],
+        [
+            "user-rate",
+            None,
+            "%g/%d" % (_LIMITS.userRate, _LIMITS.userBurst),
+            "Requests all of one user's devices together may make, as RATE/BURST.",
+        ],
+        [
+            "user-concurrent",
+            None,
+            str(_LIMITS.userConcurrent),
+            "Requests of one user in progress at once, waiting Pings "
+            "included; more get HTTP 503.",
+        ],
+        [
+            "peer-connections",
+            None,
+            str(_LIMITS.peerConnections),
+            "Open connections from one IP address (0: no limit). Behind a "
+            "reverse proxy every connection comes from the proxy: use 0.",
+        ],
+        [
+            "request-timeout",
+            None,
+            "%g/%g/%d" % (_LIMITS.headerTimeout, _LIMITS.bodyTimeout, _LIMITS.minBodyRate),
+            "Receiving a request, as HEADERS/BODY/RATE: seconds for the "
+            "headers, seconds a body may stall, bytes per second that earn "
+            "a body one more second. Slower clients get 408 and are cut off.",
+        ],
     ]
     optFlags = [
         [
@@ -211,6 +247,43 @@ class Options(usage.Options):
             self["render-workers"] = int(workers)
         if bool(self["smtp-user"]) != bool(self["smtp-password-file"]):
             raise usage.UsageError("--smtp-user and --smtp-password-file go together")
+        self["limits"] = _limits(self)
+
+
+def _numbers(options: usage.Options, name: str, count: int) -> List[float]:
+    parts = str(options[name]).split("/")
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != count or not all(0 < n < 1e9 for n in numbers):
+        raise usage.UsageError(f"--{name} must be {count} positive numbers separated by '/'")
+    return numbers
+
+
+def _limits(options: usage.Options) -> throttle.Limits:
+    deviceRate, deviceBurst = _numbers(options, "device-rate", 2)
+    userRate, userBurst = _numbers(options, "user-rate", 2)
+    headerTimeout, bodyTimeout, minBodyRate = _numbers(options, "request-timeout", 3)
+    counts = {}
+    for name in ("user-concurrent", "peer-connections"):
+        value = str(options[name])
+        if not value.isdigit() or int(value) > 10**9:
+            raise usage.UsageError(f"--{name} must be a whole number")
+        counts[name] = int(value)
+    if counts["user-concurrent"] < 1:
+        raise usage.UsageError("--user-concurrent must be at least 1")
+    return throttle.Limits(
+        deviceRate=deviceRate,
+        deviceBurst=max(1, int(deviceBurst)),
+        userRate=userRate,
+        userBurst=max(1, int(userBurst)),
+        userConcurrent=counts["user-concurrent"],
+        peerConnections=counts["peer-connections"],
+        headerTimeout=headerTimeout,
+        bodyTimeout=bodyTimeout,
+        minBodyRate=max(1, int(minBodyRate)),
+    )
 
 
 @attrs.frozen
@@ -236,6 +309,7 @@ class Config:
     minHeartbeat: int = 60
     maxHeartbeat: int = 3540
     maxPingFolders: int = 300
+    limits: throttle.Limits = throttle.Limits()
 
 
 class StartupError(Exception):
@@ -270,6 +344,7 @@ def configFromOptions(options: Options) -> Config:
         minHeartbeat=options["min-heartbeat"],
         maxHeartbeat=options["max-heartbeat"],
         maxPingFolders=options["max-ping-folders"],
+        limits=options["limits"],
     )
 
 
@@ -411,10 +486,14 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         renderPool.setServiceParent(top)
         services.render = renderPool
         services.renderAhead = True
-    dispatcher = makeDispatcher(services)
+    dispatcher = throttle.Throttle(makeDispatcher(services), config.limits, reactor)
     checker = auth.PasswdChecker(passwd, runBlocking, reactor)
     portal = Portal(auth.Realm(web.makeUserResource(dispatcher, config.maxBody)), [checker])
-    site = web.buildSite(portal, reactor, maxBody=config.maxBody)
+    guard = throttle.ConnectionGuard(config.limits, reactor)
+    site = web.buildSite(portal, reactor, maxBody=config.maxBody, guard=guard)
+    # Operators' tools and tests look at them through the service tree.
+    top.throttle = dispatcher  # type: ignore[attr-defined]
+    top.guard = guard  # type: ignore[attr-defined]
 
     for description in listen:
         try:

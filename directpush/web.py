@@ -22,6 +22,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .protocol.dispatch import Dispatcher, Response, errorResponse
+from .throttle import ConnectionGuard, Throttle
 
 ENDPOINT = b"microsoft-server-activesync"
 SERVER_VERSION = b"14.1"
@@ -33,10 +34,13 @@ log = Logger()
 
 
 def _header(request: Request, name: str) -> Optional[str]:
-    value = request.getHeader(name)
+    # Asked by a bytes name, twisted.web returns the raw bytes; by a str
+    # name it decodes them as UTF-8 and raises on anything else, which a
+    # client controls.
+    value = request.getHeader(name.encode("ascii"))
     if value is None:
         return None
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+    return value.decode("latin-1")
 
 
 class ActiveSyncResource(Resource):
@@ -47,7 +51,7 @@ class ActiveSyncResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, user: str, dispatcher: Dispatcher, maxBody: int) -> None:
+    def __init__(self, user: str, dispatcher: "Dispatcher | Throttle", maxBody: int) -> None:
         super().__init__()
         self._user = user
         self._dispatcher = dispatcher
@@ -234,15 +238,21 @@ def buildSite(
     reactor: IReactorTime,
     maxBody: int = DEFAULT_MAX_BODY,
     realmName: bytes = b"directpush",
+    guard: Optional[ConnectionGuard] = None,
 ) -> Site:
     """
     The whole HTTP face: root, Basic authentication through C{portal}, and
     the body limit.
+
+    @param guard: if given, deadlines for receiving requests and the cap on
+        connections per peer (L{directpush.throttle}).
     """
     guarded = HTTPAuthSessionWrapper(portal, [BasicCredentialFactory(realmName)])
     site = Site(RootResource(guarded), reactor=reactor)
     site.displayTracebacks = False
     site.requestFactory = _requestFactory(maxBody)
+    if guard is not None:
+        site.protocol = guard.channel  # type: ignore[assignment]
     return site
 
 
@@ -250,7 +260,7 @@ def _requestFactory(maxBody: int) -> Callable[..., LimitedRequest]:
     return type("LimitedRequest", (LimitedRequest,), {"maxBody": maxBody})
 
 
-def makeUserResource(dispatcher: Dispatcher, maxBody: int) -> Callable[[str], IResource]:
+def makeUserResource(dispatcher: "Dispatcher | Throttle", maxBody: int) -> Callable[[str], IResource]:
     """
     What the realm hands each authenticated user.
     """

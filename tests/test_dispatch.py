@@ -104,3 +104,48 @@ class DispatcherTests(SynchronousTestCase):
         self.assertIn(b"at byte 5", response.body)
         self.assertEqual(events[0]["device"], "dev1")
         self.assertEqual(self.calls, [])
+
+
+class AuditTests(SynchronousTestCase):
+    """
+    Regression (torture suite): requests naming another user, or ids the
+    device was never given, left no trace in the log.
+    """
+
+    def setUp(self) -> None:
+        async def handler(request: EASRequest, document, body: bytes) -> Response:
+            status = {"dev-missing": "6", "dev-moved": "3", "dev-push": "2"}.get(request.deviceId, "1")
+            root = "Move:MoveItems" if request.command == "MoveItems" else f"{request.command}:{request.command}"
+            if request.command == "ItemOperations":
+                root = "ItemOperations:ItemOperations"
+            return wbxmlResponse(wbxml.E(root, wbxml.E("Status", status)))
+
+        self.dispatcher = Dispatcher({"Ping": handler, "MoveItems": handler, "ItemOperations": handler})
+
+    def logged(self, query: bytes, user: str = "alice") -> List[str]:
+        with capturedLogs() as events:
+            self.successResultOf(self.dispatcher.dispatch(query, header, user, b""))
+        return [e["log_format"] for e in events]
+
+    def test_otherUser(self) -> None:
+        """
+        A User parameter naming someone else is logged; the user's own
+        name, local part or DOMAIN\\name is not.
+        """
+        q = b"Cmd=Ping&User=%s&DeviceId=dev1&DeviceType=iPhone"
+        self.assertEqual(len(self.logged(q % b"bob@example.org", "alice@example.org")), 1)
+        for own in (b"alice@example.org", b"ALICE", b"EXAMPLE%5Calice", b""):
+            self.assertEqual(self.logged(q % own, "alice@example.org"), [], own)
+
+    def test_refusalStatus(self) -> None:
+        """
+        A protocol status that refuses is logged with the device; success
+        statuses (1; Ping 2; MoveItems 3) are not.
+        """
+        q = b"Cmd=%s&User=alice&DeviceId=%s&DeviceType=iPhone"
+        [line] = self.logged(q % (b"ItemOperations", b"dev-missing"))
+        self.assertIn("refused with status", line)
+        self.assertEqual(self.logged(q % (b"ItemOperations", b"dev1")), [])
+        self.assertEqual(self.logged(q % (b"Ping", b"dev-push")), [])
+        self.assertEqual(self.logged(q % (b"MoveItems", b"dev-moved")), [])
+        self.assertEqual(len(self.logged(q % (b"MoveItems", b"dev1"))), 1)

@@ -366,6 +366,18 @@ class HangingSyncTests(PingTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertAllFreed()
 
+    def test_maxHeartbeat(self) -> None:
+        """
+        Regression (torture suite): a hanging Sync waited the device's Wait
+        (up to 59 minutes) whatever --max-heartbeat said; the empty answer
+        now comes within the server's longest heartbeat.
+        """
+        self.services.maxHeartbeat = 90
+        d = self.hangingSync(E("Wait", "5"))
+        self.clock.advance(89)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertAllFreed()
+
     def test_supersededAndDisconnected(self) -> None:
         """
         A newer request ends the wait with an empty answer; a client that

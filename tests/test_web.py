@@ -272,3 +272,24 @@ class WebTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.pending[0].callback(wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "1"))))
         self.assertEqual(parseResponse(self.transport.value())[0], 200)
+
+    def test_headerNotUTF8(self) -> None:
+        """
+        Regression (torture suite): a header value that is not UTF-8 made
+        twisted.web raise while the dispatcher read it, answered 503 with
+        a logged traceback. It is read as Latin-1: here a bad protocol
+        version, so 400, and no failure logged.
+        """
+        with capturedLogs() as logs:
+            code, _, body = self.send(headers={b"MS-ASProtocolVersion": b"\xf4\x90\x80"})
+        self.assertEqual(code, 400)
+        self.assertIn(b"not supported", body)
+        self.assertEqual([e for e in logs if "log_failure" in e], [])
+
+    def test_otherHeaderNotUTF8(self) -> None:
+        """
+        Bytes above 127 in a header the server reads are passed on, not
+        fatal: a policy key with them is a plain 400.
+        """
+        code, _, _ = self.send(headers={b"X-MS-PolicyKey": b"\xff\xfe"})
+        self.assertEqual(code, 400)

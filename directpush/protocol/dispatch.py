@@ -124,7 +124,80 @@ class Dispatcher:
                     reason=str(e),
                 )
                 return errorResponse(400, f"malformed WBXML: {e}")
-        return await handler(request, document, body)
+        _auditUser(request)
+        response = await handler(request, document, body)
+        _auditAnswer(request, response)
+        return response
+
+
+#: Refusals are small answers; bigger ones are not decoded to look.
+_AUDIT_LIMIT = 16384
+#: Status values that are not refusals, per command (Ping 2: changes;
+#: MoveItems 3: moved, 1 there means "no such item").
+_FINE = {"Ping": frozenset({"1", "2"}), "MoveItems": frozenset({"3"})}
+
+
+def _auditUser(request: EASRequest) -> None:
+    """
+    Log a C{User} query parameter naming someone else: it selects nothing
+    (the authenticated user does) but is worth an operator's eye.
+    """
+    named = (request.queryUser or "").strip().lower()
+    if not named:
+        return
+    user = request.user.lower()
+    local = user.partition("@")[0]
+    if named in (user, local) or named.rpartition("\\")[2] in (user, local):
+        return
+    log.info(
+        "{user} device {device} sent {command} with User={named!r}; ignored, "
+        "the authenticated user is served",
+        user=request.user,
+        device=request.deviceId,
+        command=request.command,
+        named=named[:64],
+    )
+
+
+def _auditAnswer(request: EASRequest, response: Response) -> None:
+    """
+    Log a refusal the handler answered with a protocol status (a folder or
+    item that does not exist, a stale key ...), so that a device probing
+    ids it has not been given leaves a trace.
+    """
+    if response.code != 200:
+        if response.code >= 400:
+            log.info(
+                "{user} device {device} {command}: HTTP {code}",
+                user=request.user,
+                device=request.deviceId,
+                command=request.command,
+                code=response.code,
+            )
+        return
+    if response.contentType != WBXML_TYPE or not response.body or len(response.body) > _AUDIT_LIMIT:
+        return
+    try:
+        tree = wbxml.decode(response.body)
+    except wbxml.DecodeError:
+        return
+    fine = _FINE.get(request.command, frozenset({"1"}))
+    found = set()
+    stack = [tree]
+    while stack:
+        element = stack.pop()
+        if element.name == "Status":
+            found.add(element.text or "")
+        stack.extend(element.children)
+    statuses = sorted(found - fine)
+    if statuses:
+        log.info(
+            "{user} device {device} {command} refused with status {statuses}",
+            user=request.user,
+            device=request.deviceId,
+            command=request.command,
+            statuses=",".join(statuses),
+        )
 
 
 __all__ = [

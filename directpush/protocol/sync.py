@@ -249,6 +249,10 @@ async def sync(
     if hang is None or services.hub is None:
         return response
     collectionIds, seconds = hang
+    # The operator's --max-heartbeat holds for hanging Syncs as for Pings:
+    # it is set below the idle timeouts of the networks in between. An
+    # empty answer before the device's interval is harmless.
+    seconds = min(seconds, services.maxHeartbeat)
     from .ping import answerMargin, changedFolders
 
     changed = await services.hub.wait(
