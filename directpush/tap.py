@@ -39,6 +39,11 @@ log = Logger()
 
 DEFAULT_PORT = 8443
 
+#: Seconds an unused mailbox stays cached (see L{MaildirBackend}): long
+#: enough for a device's FolderSync, Syncs and Ping to share one opening,
+#: short enough that devices waiting on Pings do not keep theirs.
+MAILBOX_IDLE = 30.0
+
 
 class Options(usage.Options):
     synopsis = "[options]"
@@ -373,9 +378,10 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         return deferToThreadPool(reactor, statePool, f)
 
     try:
-        backend = MaildirBackend(config.mailRoot, runBlocking, reactor, reactor=reactor)
+        backend = MaildirBackend(config.mailRoot, runBlocking, reactor, reactor=reactor, mailboxIdle=MAILBOX_IDLE)
     except ValueError as e:
         raise StartupError(f"bad --mail-root: {e}") from None
+    _StopCaching(backend).setServiceParent(top)
     databasePath = config.data.child("state.sqlite")
     # Before the reactor runs, blocking is fine: open the database once here
     # so that a bad file stops startup with one line, not the first request.
@@ -490,6 +496,19 @@ class _Closing(service.Service):
     def stopService(self) -> "Deferred[None]":
         super().stopService()
         return self._store.close()
+
+
+@attrs.define
+class _StopCaching(service.Service):
+    """
+    Stops the backend's mailbox cache sweeps when the server stops.
+    """
+
+    _backend: MaildirBackend
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._backend.stopCaching()
 
 
 @attrs.define

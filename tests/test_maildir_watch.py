@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from twisted.internet import reactor, threads, utils
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.inotify import IN_CREATE, IN_DELETE_SELF, IN_Q_OVERFLOW, INotify, INotifyError
+from twisted.internet.inotify import IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_Q_OVERFLOW, INotify, INotifyError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -703,20 +703,30 @@ class TwistedInternalsTests(SynchronousTestCase):
         self.notifier.doRead()
         self.assertEqual(self.events, [(wd, IN_CREATE, b"file")])
 
-    def test_watchBookkeeping(self) -> None:
+    def test_watchRecordsNothing(self) -> None:
         """
-        C{INotify.watch} records the watch in C{_watchpoints} (by wd, with
-        its bytes C{path}) and C{_watchpaths} (by bytes path), which
-        L{_Notifier.forget} cleans.
+        L{_Notifier.watch} adds the kernel watch through
+        C{INotify._inotify} and C{_fd} without Twisted's per-watch records;
+        L{_Notifier.unwatch} removes it by descriptor, and removing it
+        twice is harmless.
         """
-        wd = self.notifier.watch(self.dir)
-        path = self.dir.asBytesMode()
-        self.assertEqual(self.notifier._watchpoints[wd].path, path)
-        self.assertEqual(self.notifier._watchpaths[path], wd)
-        self.notifier.forget(wd)
-        self.assertNotIn(wd, self.notifier._watchpoints)
-        self.assertNotIn(path, self.notifier._watchpaths)
-        self.assertIsNone(self.notifier._isWatched(self.dir))
+        wd = self.notifier.watch(self.dir, IN_CREATE)
+        self.assertEqual((self.notifier._watchpoints, self.notifier._watchpaths), ({}, {}))
+        self.dir.child("one").touch()
+        self.notifier.doRead()
+        self.assertEqual(self.events, [(wd, IN_CREATE, b"one")])
+        self.notifier.unwatch(wd)
+        self.notifier.doRead()
+        self.assertEqual(self.events[1][:2], (wd, IN_IGNORED))
+        del self.events[:]
+        other = self.dir.child("other")
+        other.makedirs()
+        otherWd = self.notifier.watch(other, IN_CREATE)
+        self.dir.child("two").touch()
+        other.child("three").touch()
+        self.notifier.unwatch(wd)
+        self.notifier.doRead()
+        self.assertEqual(self.events, [(otherWd, IN_CREATE, b"three")])
 
     def test_twistedStillDropsOverflow(self) -> None:
         """

@@ -31,10 +31,12 @@ to:
   - Should the notifier be lost anyway, a new one is made and every watch
     added again (each folder is rescanned, then watched).
 
-The replacement also relies on C{INotify._watchpoints} and
-C{INotify._watchpaths}, to forget a watch the kernel has dropped;
+L{_Notifier} also replaces C{INotify.watch}: it adds the kernel watch
+through C{INotify._inotify} and records nothing (Twisted keeps a
+C{_Watch} and two map entries per watch, which thousands of waiting Pings
+pay for); L{MaildirWatcher} keeps the descriptors.
 L{tests.test_maildir_watch.TwistedInternalsTests} fails if Twisted
-changes either.
+changes what this relies on.
 """
 
 from __future__ import annotations
@@ -92,9 +94,6 @@ MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN
 #: directory, it no longer watches the folder).
 _ENDS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_UNMOUNT
 
-#: After these the kernel has dropped the watch by itself.
-_DROPPED = IN_DELETE_SELF | IN_IGNORED | IN_UNMOUNT
-
 #: struct inotify_event: int wd; uint32_t mask, cookie, len; char name[len]
 _EVENT = struct.Struct("=iIII")
 
@@ -136,31 +135,29 @@ class _Notifier(INotify):
                 break
             name = data[offset + _EVENT.size : end].rstrip(b"\0") or None
             offset = end
-            if mask & _DROPPED:
-                self.forget(wd)
             try:
                 self._onEvent(wd, mask, name)
             except Exception:
                 log.failure("handling inotify event {mask:#x} on watch {wd}", mask=mask, wd=wd)
         self._unread = data[offset:]
 
-    def forget(self, wd: int) -> None:
+    def watch(self, path: "FilePath[str]", mask: int = MASK, *args: object, **kwargs: object) -> int:
         """
-        Drop what Twisted knows of watch C{wd}, which the kernel dropped
-        already (so that the same path can be watched again).
-        """
-        watch = self._watchpoints.pop(wd, None)
-        if watch is not None and self._watchpaths.get(watch.path) == wd:
-            del self._watchpaths[watch.path]
+        Watch C{path} for C{mask} and return the watch descriptor. Unlike
+        L{INotify.watch} nothing is recorded here (no C{_Watch}, no path
+        maps: a few hundred bytes per watch, and thousands are held); the
+        caller keeps the descriptor.
 
-    def unwatch(self, path: "FilePath[str]") -> None:
+        @raise INotifyError: if the kernel refuses.
         """
-        Stop watching C{path}, if it still is watched.
+        wd: int = self._inotify.add(self._fd, path, mask | IN_DELETE_SELF)
+        return wd
+
+    def unwatch(self, wd: int) -> None:
         """
-        try:
-            self.ignore(path)
-        except KeyError:
-            pass
+        Stop watch C{wd}; harmless if the kernel dropped it already.
+        """
+        self._inotify.remove(self._fd, wd)
 
     def stop(self) -> None:
         """
@@ -202,7 +199,7 @@ class _Folder:
 
     @ivar refs: how many L{MaildirWatcher.watch} calls want it.
     @ivar wds: inotify watch descriptor by subdirectory (C{new}, C{cur}).
-    @ivar paths: the directory each watch was added for.
+    @ivar path: the folder directory those watches were added in.
     @ivar fingerprint: the listing as of the last rescan.
     @ivar announced: whether the folder was announced (by anyone) since.
     @ivar timer: the pending rescan.
@@ -217,7 +214,7 @@ class _Folder:
     folderId: str
     refs: int = 0
     wds: Dict[str, int] = attrs.Factory(dict)
-    paths: Dict[str, "FilePath[str]"] = attrs.Factory(dict)
+    path: Optional[str] = None
     fingerprint: Optional[Fingerprint] = None
     announced: bool = False
     timer: Optional[IDelayedCall] = None
@@ -226,6 +223,28 @@ class _Folder:
     known: bool = False
     ended: bool = False
     dropped: bool = False
+
+
+class _Interest:
+    """
+    One L{MaildirWatcher.watch} call, until its C{cancel} (the unwatch
+    function handed out) runs: smaller than a closure, and one is kept per
+    waiting request.
+    """
+
+    __slots__ = ("_watcher", "_user", "_folderIds", "_done")
+
+    def __init__(self, watcher: "MaildirWatcher", user: str, folderIds: Tuple[str, ...]) -> None:
+        self._watcher = watcher
+        self._user = user
+        self._folderIds = folderIds
+        self._done = False
+
+    def cancel(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._watcher._release(self._user, self._folderIds)
 
 
 class MaildirWatcher:
@@ -256,6 +275,9 @@ class MaildirWatcher:
         self._folders: Dict[Tuple[str, str], _Folder] = {}
         self._byWd: Dict[int, Tuple[_Folder, str]] = {}
         self._subscriptions: Dict[str, Callable[[], None]] = {}
+        #: How many of each user's folders are watched: the subscription
+        #: goes with the last (counted, not searched for: thousands are).
+        self._perUser: Dict[str, int] = {}
         self._lastLost: Optional[float] = None
         self._idleWaiters: List[Deferred[None]] = []
         self._rescanWaiters: List[Deferred[Tuple[str, str, bool]]] = []
@@ -308,11 +330,13 @@ class MaildirWatcher:
         """
         See L{directpush.interfaces.IMailboxBackend.watch}.
         """
-        keys = [(user, folderId) for folderId in sorted(set(folderIds))]
-        for key in keys:
+        ids = tuple(sorted(set(folderIds)))
+        for folderId in ids:
+            key = (user, folderId)
             folder = self._folders.get(key)
             if folder is None:
-                folder = self._folders[key] = _Folder(user, key[1])
+                folder = self._folders[key] = _Folder(user, folderId)
+                self._perUser[user] = self._perUser.get(user, 0) + 1
                 self._subscribe(user)
                 self._schedule(folder, 0)
             elif folder.ended:
@@ -320,21 +344,15 @@ class MaildirWatcher:
                 folder.ended = False
                 self._schedule(folder, 0)
             folder.refs += 1
-        done = False
+        return _Interest(self, user, ids).cancel
 
-        def unwatch() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            for key in keys:
-                folder = self._folders[key]
-                folder.refs -= 1
-                if not folder.refs:
-                    self._drop(folder)
-            self._checkIdle()
-
-        return unwatch
+    def _release(self, user: str, folderIds: Tuple[str, ...]) -> None:
+        for folderId in folderIds:
+            folder = self._folders[(user, folderId)]
+            folder.refs -= 1
+            if not folder.refs:
+                self._drop(folder)
+        self._checkIdle()
 
     def _drop(self, folder: _Folder) -> None:
         folder.dropped = True
@@ -343,7 +361,11 @@ class MaildirWatcher:
             folder.timer.cancel()
             folder.timer = None
         self._unwatchDirs(folder)
-        if not any(f.user == folder.user for f in self._folders.values()):
+        left = self._perUser[folder.user] - 1
+        if left:
+            self._perUser[folder.user] = left
+        else:
+            del self._perUser[folder.user]
             self._subscriptions.pop(folder.user)()
         if not self._folders and self._notifier is not None:
             notifier, self._notifier = self._notifier, None
@@ -356,14 +378,13 @@ class MaildirWatcher:
         """
         if user in self._subscriptions:
             return
+        self._subscriptions[user] = self._backend.notifier.subscribe(user, self._heard)
 
-        def heard(change: FolderChange) -> None:
-            for folderId in change.folderIds:
-                folder = self._folders.get((change.user, folderId))
-                if folder is not None:
-                    folder.announced = True
-
-        self._subscriptions[user] = self._backend.notifier.subscribe(user, heard)
+    def _heard(self, change: FolderChange) -> None:
+        for folderId in change.folderIds:
+            folder = self._folders.get((change.user, folderId))
+            if folder is not None:
+                folder.announced = True
 
     def _getNotifier(self) -> _Notifier:
         if self._notifier is None:
@@ -377,12 +398,14 @@ class MaildirWatcher:
         Make sure C{new/} and C{cur/} of C{path} are watched; return
         whether a watch was added.
         """
+        if folder.path != path:
+            self._unwatchDirs(folder)
+            folder.path = path
         added = False
         for sub in _SUBDIRS:
-            target = FilePath(path).child(sub)
-            if folder.paths.get(sub) == target:
+            if sub in folder.wds:
                 continue
-            self._unwatchDir(folder, sub)
+            target = FilePath(path).child(sub)
             try:
                 wd = self._getNotifier().watch(target, MASK)
             except INotifyError as e:
@@ -395,22 +418,23 @@ class MaildirWatcher:
                 self._schedule(folder, RETRY)
                 continue
             folder.wds[sub] = wd
-            folder.paths[sub] = target
             self._byWd[wd] = (folder, sub)
             added = True
         return added
 
     def _unwatchDir(self, folder: _Folder, sub: str) -> None:
         wd = folder.wds.pop(sub, None)
-        path = folder.paths.pop(sub, None)
-        if wd is not None and self._byWd.get(wd, (None,))[0] is folder:
+        if wd is None:
+            return
+        if self._byWd.get(wd, (None,))[0] is folder:
             del self._byWd[wd]
-        if path is not None and self._notifier is not None:
-            self._notifier.unwatch(path)
+        if self._notifier is not None:
+            self._notifier.unwatch(wd)
 
     def _unwatchDirs(self, folder: _Folder) -> None:
         for sub in _SUBDIRS:
             self._unwatchDir(folder, sub)
+        folder.path = None
 
     # events
 
@@ -438,7 +462,7 @@ class MaildirWatcher:
         self._byWd.clear()
         for folder in self._folders.values():
             folder.wds.clear()
-            folder.paths.clear()
+            folder.path = None
         now = self._clock.seconds()
         # Lost again soon after: don't spin.
         delay = RETRY if self._lastLost is not None and now - self._lastLost < RETRY else 0

@@ -124,7 +124,11 @@ class Dispatcher:
                     reason=str(e),
                 )
                 return errorResponse(400, f"malformed WBXML: {e}")
-        return await handler(request, document, body)
+        call = handler(request, document, body)
+        # A Ping waits in this frame for up to an hour, thousands at once:
+        # it keeps no parsed document or body it no longer needs.
+        del document, body, header, query
+        return await call
 
 
 __all__ = [

@@ -10,6 +10,7 @@ or partial Ping reuses them.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import FrozenSet, List, Optional, Tuple
 
 from twisted.logger import Logger
@@ -87,17 +88,19 @@ async def ping(
         folderIds = frozenset(folderId for folderId, _ in folders)
         changed = await changedFolders(services, request, folderIds)
     order = [folderId for folderId, _ in folders]
+    # What follows may wait an hour: hold nothing it does not need.
+    del document, body, checked, folders
     if not changed:
         log.debug(
             "{user} device {device} pings {count} folders for {heartbeat}s",
-            user=request.user, device=request.deviceId, count=len(folders), heartbeat=heartbeat,
+            user=request.user, device=request.deviceId, count=len(order), heartbeat=heartbeat,
         )
         result = await services.hub.wait(
             request.user,
             request.deviceId,
             folderIds,
             heartbeat - answerMargin(heartbeat) - (services.clock.seconds() - arrived),
-            lambda touched: changedFolders(services, request, touched),
+            partial(changedFolders, services, request),
         )
         if not result:
             # The heartbeat ended, or a newer request took over.
