@@ -10,6 +10,8 @@ import base64
 import gzip
 from typing import Dict, List, Optional, Tuple
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -20,6 +22,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from directpush import auth, wbxml, web
 from directpush.protocol.dispatch import Dispatcher, Response, wbxmlResponse
@@ -272,3 +275,72 @@ class WebTests(SynchronousTestCase):
         self.assertFalse(self.transport.disconnecting)
         self.pending[0].callback(wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "1"))))
         self.assertEqual(parseResponse(self.transport.value())[0], 200)
+
+
+@implementer(ICredentialsChecker)
+class _SlowChecker:
+    """
+    A checker whose answers the test gives, later.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: List[Deferred] = []
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class GuardTests(SynchronousTestCase):
+    """
+    L{web.BasicGuard} when the login takes time or fails unexpectedly.
+    """
+
+    def setUp(self) -> None:
+        self.checker = _SlowChecker()
+        self.seen: List[str] = []
+
+        async def ping(request: EASRequest, document, body: bytes) -> Response:
+            self.seen.append(request.user)
+            return wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "1")))
+
+        portal = Portal(auth.Realm(web.makeUserResource(Dispatcher({"Ping": ping}), 4096)), [self.checker])
+        self.site = web.buildSite(portal, Clock(), maxBody=4096)
+        self.proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(
+            b"POST " + PING_QUERY + b" HTTP/1.1\r\nHost: localhost\r\nMS-ASProtocolVersion: 14.1\r\n"
+            b"Authorization: " + CREDENTIALS + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    def test_slowLogin(self) -> None:
+        """
+        The request is rendered for the user once the login completes.
+        """
+        self.assertEqual(self.transport.value(), b"")
+        self.checker.pending[0].callback(b"alice@x.org")
+        self.assertEqual(parseResponse(self.transport.value())[0], 200)
+        self.assertEqual(self.seen, ["alice@x.org"])
+
+    def test_goneBeforeLogin(self) -> None:
+        """
+        A client gone before its login completes gets nothing rendered and
+        nothing written, whether the login succeeds or fails.
+        """
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.checker.pending[0].callback(b"alice@x.org")
+        self.assertEqual((self.transport.value(), self.seen), (b"", []))
+
+    def test_unexpectedLoginError(self) -> None:
+        """
+        A login that fails for another reason than bad credentials is
+        logged and answered 500.
+        """
+        self.checker.pending[0].errback(RuntimeError("checker bug"))
+        self.assertEqual(parseResponse(self.transport.value())[0], 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.seen, [])

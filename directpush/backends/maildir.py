@@ -64,7 +64,7 @@ import weakref
 from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -1396,6 +1396,10 @@ class MaildirBackend:
         if box is None:
             box = self._mailboxes[user] = MaildirMailbox(user, path, self)
         self._keep(user, box)
+        if box._opened:
+            # Set under the lock once the opening is done: no need to
+            # take a thread (and two wake-ups) to find that out.
+            return succeed(box)
         opened = box._run(lambda: None)
         return opened.addCallback(lambda _: box)
 
