@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .protocol.dispatch import Dispatcher, Response, errorResponse
+from .protocol.dispatch import Dispatcher, Pending, Response, errorResponse
 
 ENDPOINT = b"microsoft-server-activesync"
 SERVER_VERSION = b"14.1"
@@ -73,18 +73,14 @@ class ActiveSyncResource(Resource):
             return NOT_DONE_YET
         query = request.uri.partition(b"?")[2]
         d = Deferred.fromCoroutine(
-            self._dispatcher.dispatch(query, partial(_header, request), self._user, body)
+            self._dispatcher.begin(query, partial(_header, request), self._user, body)
         )
         # A client that hangs up cancels whatever the command waits for
         # (a Ping's wait above all), so nothing is held for it. Plain
         # functions and argument tuples, not closures: thousands of these
         # wait at once, and each closure cell and Deferred is kept alive
         # for the whole wait.
-        if isinstance(request, LimitedRequest):
-            request.cancelOnLoss = d
-        else:
-            request.notifyFinish().addErrback(_cancel, d)
-        d.addCallbacks(_answer, _failed, callbackArgs=(request,), errbackArgs=(request, self._user))
+        _follow(d, request, self._user)
         return NOT_DONE_YET
 
     def _readBody(self, request: Request) -> "bytes | Response":
@@ -117,9 +113,28 @@ def _cancel(reason: Failure, d: "Deferred[Response]") -> None:
     d.cancel()
 
 
-def _answer(response: Response, request: Request) -> None:
+def _follow(d: "Deferred[Response | Pending]", request: Request, user: str) -> None:
+    """
+    Write what C{d} answers, unless the client left; cancel C{d} if the
+    client leaves first.
+    """
+    if isinstance(request, LimitedRequest):
+        request.cancelOnLoss = d
+    else:
+        request.notifyFinish().addErrback(_cancel, d)
+    d.addCallbacks(_answer, _failed, callbackArgs=(request, user), errbackArgs=(request, user))
+
+
+def _answer(response: "Response | Pending", request: Request, user: str) -> None:
     if isinstance(request, LimitedRequest):
         request.cancelOnLoss = None
+    if isinstance(response, Pending):
+        if request.finished or request.channel is None:
+            response.deferred.cancel()
+            response.deferred.addErrback(lambda f: f.trap(CancelledError))
+        else:
+            _follow(response.deferred, request, user)
+        return
     if not request.finished and request.channel is not None:
         _write(request, response)
 

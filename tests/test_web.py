@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from directpush import auth, wbxml, web
-from directpush.protocol.dispatch import Dispatcher, Response, wbxmlResponse
+from directpush.protocol.dispatch import Dispatcher, Pending, Response, wbxmlResponse
 from directpush.protocol.request import EASRequest
 
 from .util import runNow
@@ -70,6 +70,10 @@ class WebTests(SynchronousTestCase):
                 d: Deferred[Response] = Deferred(self.cancelled.append)
                 self.pending.append(d)
                 return await d
+            if request.deviceId == "later":
+                later: Deferred[Response] = Deferred(self.cancelled.append)
+                self.pending.append(later)
+                return Pending(later)  # type: ignore[return-value]
             if request.deviceId == "boom":
                 raise RuntimeError("handler bug")
             return wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "1")))
@@ -265,6 +269,36 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(self.cancelled, self.pending)
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pendingAnswer(self) -> None:
+        """
+        A handler's L{Pending} answer is written when it fires.
+        """
+        self.send(path=PING_QUERY.replace(b"dev1", b"later"))
+        self.assertEqual(self.transport.value(), b"")
+        self.pending[0].callback(wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "2"))))
+        code, _, body = parseResponse(self.transport.value())
+        self.assertEqual((code, wbxml.decode(body).findtext("Status")), (200, "2"))
+
+    def test_pendingCancelledOnDisconnect(self) -> None:
+        """
+        A client that goes away cancels a L{Pending} answer's wait, quietly.
+        """
+        self.send(path=PING_QUERY.replace(b"dev1", b"later"))
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.cancelled, self.pending)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_pendingFailure(self) -> None:
+        """
+        A L{Pending} answer that fails is answered 503, as a failing
+        handler is.
+        """
+        self.send(path=PING_QUERY.replace(b"dev1", b"later"))
+        self.pending[0].errback(RuntimeError("later bug"))
+        self.assertEqual(parseResponse(self.transport.value())[0], 503)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_longWaitSurvivesIdleTimeout(self) -> None:
         """

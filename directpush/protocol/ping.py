@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from .. import wbxml
 from ..wbxml import E
 from .core import Services, dumps, loads
-from .dispatch import Response, wbxmlResponse
+from .dispatch import Pending, Response, wbxmlResponse
 from .folders import loadHierarchy
 from .request import EASRequest
 from .sync import pendingChanges, stateKey
@@ -73,7 +73,7 @@ async def changedFolders(services: Services, request: EASRequest, folderIds: Fro
 
 async def ping(
     services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
-) -> Response:
+) -> "Response | Pending":
     if services.hub is None:
         return _status(SERVER_ERROR)
     # The heartbeat runs from the request's arrival: under load the state
@@ -88,24 +88,32 @@ async def ping(
         folderIds = frozenset(folderId for folderId, _ in folders)
         changed = await changedFolders(services, request, folderIds)
     order = [folderId for folderId, _ in folders]
-    # What follows may wait an hour: hold nothing it does not need.
-    del document, body, checked, folders
     if not changed:
         log.debug(
             "{user} device {device} pings {count} folders for {heartbeat}s",
             user=request.user, device=request.deviceId, count=len(order), heartbeat=heartbeat,
         )
-        result = await services.hub.wait(
+        waiting = services.hub.wait(
             request.user,
             request.deviceId,
             folderIds,
             heartbeat - answerMargin(heartbeat) - (services.clock.seconds() - arrived),
             partial(changedFolders, services, request),
         )
-        if not result:
-            # The heartbeat ended, or a newer request took over.
-            return _status(EXPIRED)
-        changed = result
+        # The wait may last an hour, for thousands of devices at once: it
+        # is a Deferred and one callback, not this coroutine.
+        return Pending(waiting.addCallback(_waited, order))
+    return _changed(changed, order)
+
+
+def _waited(result: Optional[FrozenSet[str]], order: List[str]) -> Response:
+    if not result:
+        # The heartbeat ended, or a newer request took over.
+        return _status(EXPIRED)
+    return _changed(result, order)
+
+
+def _changed(changed: FrozenSet[str], order: List[str]) -> Response:
     return _status(CHANGED, E("Folders", *(E("Folder", folderId) for folderId in order if folderId in changed)))
 
 
