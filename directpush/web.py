@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -133,6 +134,7 @@ def _answer(response: "Response | Pending", request: Request, user: str) -> None
             response.deferred.cancel()
             response.deferred.addErrback(lambda f: f.trap(CancelledError))
         else:
+            _shed(request)
             _follow(response.deferred, request, user)
         return
     if not request.finished and request.channel is not None:
@@ -156,6 +158,30 @@ def _failed(failure: Failure, request: Request, user: str) -> None:
                 (("Retry-After", "60"),),
             ),
         )
+
+
+#: The request headers a waiting request keeps: what its answer
+#: (L{_acceptsGzip}) and the access log read.
+_KEPT_HEADERS = (b"accept-encoding", b"user-agent", b"referer", b"x-forwarded-for")
+
+
+def _shed(request: Request) -> None:
+    """
+    Let a request that will wait long (thousands at once, for up to an
+    hour) drop what was parsed from it and is read no more: the query
+    arguments, the body, and the request headers but those its answer and
+    the access log read. Twisted reads the others (persistence, cookies,
+    C{Expect}) only while the request arrives.
+    """
+    request.args = {}
+    if request.content is not None:
+        request.content.close()
+    kept = Headers()
+    for name in _KEPT_HEADERS:
+        values = request.requestHeaders.getRawHeaders(name)
+        if values is not None:
+            kept.setRawHeaders(name, values)
+    request.requestHeaders = kept
 
 
 def _write(request: Request, response: Response) -> None:

@@ -280,6 +280,28 @@ class WebTests(SynchronousTestCase):
         code, _, body = parseResponse(self.transport.value())
         self.assertEqual((code, wbxml.decode(body).findtext("Status")), (200, "2"))
 
+    def test_pendingSheds(self) -> None:
+        """
+        A request answered L{Pending} keeps no query arguments, body or
+        request headers but those its answer and the access log read; the
+        answer still honours Accept-Encoding.
+        """
+        self.send(
+            path=PING_QUERY.replace(b"dev1", b"later"),
+            headers={b"Accept-Encoding": b"gzip", b"User-Agent": b"Phone/1", b"X-Other": b"x"},
+            body=b"\x03\x01\x6a\x00\x45\x01",
+        )
+        [request] = self.proto._channel.requests
+        self.assertEqual(request.args, {})
+        self.assertTrue(request.content.closed)
+        self.assertEqual(
+            sorted(name for name, _ in request.requestHeaders.getAllRawHeaders()),
+            [b"Accept-Encoding", b"User-Agent"],
+        )
+        self.pending[0].callback(Response(200, b"x" * 4000, "application/vnd.ms-sync.wbxml"))
+        code, headers, body = parseResponse(self.transport.value())
+        self.assertEqual((code, headers["content-encoding"], gzip.decompress(body)), (200, "gzip", b"x" * 4000))
+
     def test_pendingCancelledOnDisconnect(self) -> None:
         """
         A client that goes away cancels a L{Pending} answer's wait, quietly.

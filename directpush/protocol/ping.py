@@ -57,11 +57,19 @@ async def changedFolders(services: Services, request: EASRequest, folderIds: Fro
     A folder the device never synced is left out (it would ask the device to
     sync something it does not want, and Horde saw iOS loop on that).
     """
-    mailbox = await services.mailbox(request.user)
+    return await _changedFor(services, request.user, request.deviceId, folderIds)
+
+
+async def _changedFor(services: Services, user: str, deviceId: str, folderIds: FrozenSet[str]) -> FrozenSet[str]:
+    """
+    L{changedFolders} by user and device: what a waiting Ping keeps to
+    verify changes, rather than its whole parsed request.
+    """
+    mailbox = await services.mailbox(user)
     now = services.clock.seconds()
     changed = set()
     for folderId in folderIds:
-        state = loads(await services.store.load(request.user, request.deviceId, stateKey(folderId)))
+        state = loads(await services.store.load(user, deviceId, stateKey(folderId)))
         if state is None:
             continue
         filterValue = state.get("filter", 0)
@@ -98,7 +106,7 @@ async def ping(
             request.deviceId,
             folderIds,
             heartbeat - answerMargin(heartbeat) - (services.clock.seconds() - arrived),
-            partial(changedFolders, services, request),
+            partial(_changedFor, services, request.user, request.deviceId),
         )
         # The wait may last an hour, for thousands of devices at once: it
         # is a Deferred and one callback, not this coroutine.
