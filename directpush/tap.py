@@ -6,6 +6,7 @@ place in directpush that touches the global reactor.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import socket
@@ -526,12 +527,25 @@ class _ThreadPoolService(service.Service):
         return succeed(None)
 
 
+def freezeStartup() -> None:
+    """
+    Move everything made during startup (modules, classes, the service
+    tree: hundreds of thousands of objects that live as long as the
+    process) out of the collector's reach, so that the full collections
+    that thousands of waiting requests bring are not made longer by them.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("startup objects frozen: {count} kept out of garbage collection", count=gc.get_freeze_count())
+
+
 def makeService(options: Options) -> service.IService:
     """
     twistd's entry point: the one place that imports the global reactor.
     """
     from twisted.internet import reactor
 
+    reactor.callWhenRunning(freezeStartup)
     try:
         config = configFromOptions(options)
         return buildService(config, reactor)

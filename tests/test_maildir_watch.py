@@ -12,11 +12,13 @@ deliveries by another process, as in production.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
 import struct
 import sys
+import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.internet import reactor, threads, utils
@@ -294,6 +296,35 @@ class WatcherTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(len(self.seen), 1)
         self.assertEqual(len(self.resultOf(self.box.messages(INBOX_ID))), 1)
+
+    def test_deliveryAfterMailboxDropped(self) -> None:
+        """
+        With a mailbox cache that lets go of idle mailboxes, a delivery
+        into a folder watched for longer than that is still announced once
+        (the rescan opens the mailbox afresh), and later changes too.
+        """
+        self.backend = MaildirBackend(self.root, self.jobs, self.reactor, reactor=self.reactor, mailboxIdle=30)
+        self.addCleanup(self.backend.stopCaching)
+        self.addCleanup(self.backend.notifier.subscribe(ALICE, self.seen.append))
+        del self.box
+        self.watch(INBOX_ID)
+        self.settle()
+        ref = weakref.ref(self.resultOf(self.backend.mailbox(ALICE)))
+        for _ in range(3):
+            self.reactor.advance(30)
+        gc.collect()
+        self.assertIsNone(ref())
+        self.assertEqual(self.backend.cachedMailboxes, 0)
+        deliver(self.home)
+        self.settle()
+        self.assertEqual(self.announced(), [INBOX_ID])
+        for _ in range(3):
+            self.reactor.advance(30)
+        deliver(self.home)
+        self.settle()
+        self.assertEqual(self.announced(), [INBOX_ID, INBOX_ID])
+        box = self.resultOf(self.backend.mailbox(ALICE))
+        self.assertEqual(len(self.resultOf(box.messages(INBOX_ID))), 2)
 
     def test_debounce(self) -> None:
         """

@@ -6,6 +6,7 @@ plugin.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import socket
@@ -259,3 +260,22 @@ class TwistdProcessTests(SynchronousTestCase):
         self.assertOneLine(
             self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1"), "Address already in use"
         )
+
+
+class FreezeTests(SynchronousTestCase):
+    """
+    L{tap.freezeStartup}.
+    """
+
+    def test_freezes(self) -> None:
+        """
+        The objects alive at startup are moved to the permanent generation,
+        where collections do not look, and it is logged.
+        """
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        with capturedLogs() as events:
+            tap.freezeStartup()
+        self.assertGreater(gc.get_freeze_count(), 1000)
+        [count] = [e["count"] for e in events if "count" in e]
+        self.assertGreater(count, 1000)

@@ -198,7 +198,8 @@ class _Folder:
     One watched folder.
 
     @ivar refs: how many L{MaildirWatcher.watch} calls want it.
-    @ivar wds: inotify watch descriptor by subdirectory (C{new}, C{cur}).
+    @ivar newWd: the inotify watch descriptor of C{new/}, if watched.
+    @ivar curWd: the inotify watch descriptor of C{cur/}, if watched.
     @ivar path: the folder directory those watches were added in.
     @ivar fingerprint: the listing as of the last rescan.
     @ivar announced: whether the folder was announced (by anyone) since.
@@ -213,7 +214,10 @@ class _Folder:
     user: str
     folderId: str
     refs: int = 0
-    wds: Dict[str, int] = attrs.Factory(dict)
+    # Two fields, not a dict by subdirectory: thousands of folders are
+    # watched at once.
+    newWd: Optional[int] = None
+    curWd: Optional[int] = None
     path: Optional[str] = None
     fingerprint: Optional[Fingerprint] = None
     announced: bool = False
@@ -223,6 +227,24 @@ class _Folder:
     known: bool = False
     ended: bool = False
     dropped: bool = False
+
+    @property
+    def wds(self) -> Dict[str, int]:
+        """
+        The watch descriptors by subdirectory.
+        """
+        found = {}
+        if self.newWd is not None:
+            found["new"] = self.newWd
+        if self.curWd is not None:
+            found["cur"] = self.curWd
+        return found
+
+    def setWd(self, sub: str, wd: Optional[int]) -> None:
+        if sub == "new":
+            self.newWd = wd
+        else:
+            self.curWd = wd
 
 
 class _Interest:
@@ -273,7 +295,7 @@ class MaildirWatcher:
         self._notifierFactory = notifierFactory
         self._notifier: Optional[_Notifier] = None
         self._folders: Dict[Tuple[str, str], _Folder] = {}
-        self._byWd: Dict[int, Tuple[_Folder, str]] = {}
+        self._byWd: Dict[int, _Folder] = {}
         self._subscriptions: Dict[str, Callable[[], None]] = {}
         #: How many of each user's folders are watched: the subscription
         #: goes with the last (counted, not searched for: thousands are).
@@ -289,7 +311,7 @@ class MaildirWatcher:
         The inotify watch descriptors by (user, folder id), then by
         subdirectory.
         """
-        return {key: dict(folder.wds) for key, folder in self._folders.items()}
+        return {key: folder.wds for key, folder in self._folders.items()}
 
     def references(self, user: str, folderId: str) -> int:
         """
@@ -403,7 +425,7 @@ class MaildirWatcher:
             folder.path = path
         added = False
         for sub in _SUBDIRS:
-            if sub in folder.wds:
+            if (folder.newWd if sub == "new" else folder.curWd) is not None:
                 continue
             target = FilePath(path).child(sub)
             try:
@@ -417,16 +439,17 @@ class MaildirWatcher:
                 )
                 self._schedule(folder, RETRY)
                 continue
-            folder.wds[sub] = wd
-            self._byWd[wd] = (folder, sub)
+            folder.setWd(sub, wd)
+            self._byWd[wd] = folder
             added = True
         return added
 
     def _unwatchDir(self, folder: _Folder, sub: str) -> None:
-        wd = folder.wds.pop(sub, None)
+        wd = folder.newWd if sub == "new" else folder.curWd
         if wd is None:
             return
-        if self._byWd.get(wd, (None,))[0] is folder:
+        folder.setWd(sub, None)
+        if self._byWd.get(wd) is folder:
             del self._byWd[wd]
         if self._notifier is not None:
             self._notifier.unwatch(wd)
@@ -445,10 +468,10 @@ class MaildirWatcher:
                 if not folder.ended:
                     self._schedule(folder)
             return
-        found = self._byWd.get(wd)
-        if found is None:
+        folder = self._byWd.get(wd)
+        if folder is None:
             return
-        folder, sub = found
+        sub = "new" if folder.newWd == wd else "cur"
         if mask & _ENDS:
             # This directory is gone (or moved): its watch is over. The
             # rescan finds out whether the folder is.
@@ -461,7 +484,7 @@ class MaildirWatcher:
         self._notifier = None
         self._byWd.clear()
         for folder in self._folders.values():
-            folder.wds.clear()
+            folder.newWd = folder.curWd = None
             folder.path = None
         now = self._clock.seconds()
         # Lost again soon after: don't spin.
