@@ -76,9 +76,10 @@ __all__ = ["DEBOUNCE", "RETRY", "MaildirWatcher"]
 log = Logger()
 
 #: Seconds from the first event on a folder to its rescan. A delivery is
-#: one rename into new/, so a few milliseconds gather its events; every
-#: millisecond here is push latency.
-DEBOUNCE = 0.005
+#: one rename into new/, a flag change one rename in cur/: their events
+#: come in one read, which a millisecond lets finish; every millisecond
+#: here is push latency (it was 5 ms).
+DEBOUNCE = 0.001
 
 #: Seconds before trying again when a folder could not be watched (the
 #: inotify watch limit, an unreadable directory) or the notifier keeps
