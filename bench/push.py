@@ -6,8 +6,10 @@ Scenarios (each starts its own servers and load generator and stops them):
 
   idle     N devices each hold a Ping (N ramps through --ns in one run, so
            the devices of a step stay and more are added). Per step: server
-           RSS per waiting request ((RSS with N - baseline) / N) and server
-           CPU over --idle-seconds of quiet. Run against directpush and
+           RSS per waiting request ((RSS with N - baseline) / N) once the
+           server is quiet after the setup, again at the end of the idle
+           window (the server lets go of mailboxes unused for 30 to 60 s),
+           and server CPU over --idle-seconds of quiet. Run against directpush and
            against a "floor": bench/_floor.py, a bare twisted.web Resource
            whose render_POST returns NOT_DONE_YET and never answers, same
            transport, same certificate, measured the same way.
@@ -359,7 +361,7 @@ def freshState(data: str) -> None:
 
 
 IDLE_COLUMNS = ["transport", "server", "N", "held", "RSS baseline MB", "RSS with N MB", "KB per waiting request",
-                "CPU s over idle window", "CPU % of a core", "answers in window", "setup s", "server fds"]
+                "KB per waiting request after idle window", "CPU s over idle window", "CPU % of a core", "answers in window", "setup s", "server fds"]
 
 
 def runIdle(args: argparse.Namespace, root: str) -> None:
@@ -396,6 +398,7 @@ def runIdle(args: argparse.Namespace, root: str) -> None:
                     loadgen.pump(args.idle_seconds)
                     cpu = server.cpu() - cpu0
                     window = time.monotonic() - began
+                    rssAfter = server.rssMB()
                     answers = loadgen.total("responses") - respBefore
                     eofs = sum(1 for e in loadgen.events[before:] if e[0] == "eof")
                     codes: Dict[int, int] = {}
@@ -409,7 +412,8 @@ def runIdle(args: argparse.Namespace, root: str) -> None:
                     if loadgen.total("failed"):
                         heldText += f" ({loadgen.total('failed')} failed)"
                     row = [transport, kind, f"{n}", heldText, f"{baseline:.1f}", f"{rss:.1f}",
-                           f"{(rss - baseline) * 1024 / max(1, held):.1f}", f"{cpu:.2f}",
+                           f"{(rss - baseline) * 1024 / max(1, held):.1f}",
+                           f"{(rssAfter - baseline) * 1024 / max(1, held):.1f}", f"{cpu:.2f}",
                            f"{100 * cpu / window:.2f}", f"{answers}" + (f" +{eofs} eof" if eofs else ""),
                            f"{setup:.1f}", f"{fds}"]
                     rows.append(row)

@@ -16,6 +16,23 @@ from .model import FolderChange
 log = Logger()
 
 
+class _Subscription:
+    """
+    What an unsubscribe function is bound to: smaller than a closure, and
+    one is kept per subscribed user.
+    """
+
+    __slots__ = ("_notifier", "_user", "_callback")
+
+    def __init__(self, notifier: "LocalNotifier", user: str, callback: Callable[[FolderChange], None]) -> None:
+        self._notifier = notifier
+        self._user = user
+        self._callback = callback
+
+    def cancel(self) -> None:
+        self._notifier._unsubscribe(self._user, self._callback)
+
+
 @implementer(IChangeNotifier)
 class LocalNotifier:
     """
@@ -28,15 +45,14 @@ class LocalNotifier:
 
     def subscribe(self, user: str, callback: Callable[[FolderChange], None]) -> Callable[[], None]:
         self._subscribers.setdefault(user, []).append(callback)
+        return _Subscription(self, user, callback).cancel
 
-        def unsubscribe() -> None:
-            callbacks = self._subscribers.get(user, [])
-            if callback in callbacks:
-                callbacks.remove(callback)
-            if not callbacks:
-                self._subscribers.pop(user, None)
-
-        return unsubscribe
+    def _unsubscribe(self, user: str, callback: Callable[[FolderChange], None]) -> None:
+        callbacks = self._subscribers.get(user, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._subscribers.pop(user, None)
 
     def announce(self, change: FolderChange) -> None:
         for callback in list(self._subscribers.get(change.user, ())):

@@ -13,17 +13,19 @@ keep being served.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
-from .protocol.dispatch import Dispatcher, Response
+from .protocol.dispatch import Dispatcher, Pending, Response
 from .protocol.request import BadRequest, parseRequest
 
 log = Logger()
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -171,19 +173,45 @@ class Throttle:
         user: str,
         body: bytes,
     ) -> Response:
+        answer = await self.begin(query, header, user, body)
+        if isinstance(answer, Pending):
+            return await answer.deferred
+        return answer
+
+    async def begin(
+        self,
+        query: bytes,
+        header: Callable[[str], Optional[str]],
+        user: str,
+        body: bytes,
+    ) -> "Response | Pending":
+        """
+        L{Dispatcher.begin} behind the limits; a L{Pending} answer counts
+        as in progress until it fires or is cancelled.
+        """
         refusal = self._admit(query, header, user)
         if refusal is not None:
             self.refused += 1
             return refusal
         self._inProgress[user] = self._inProgress.get(user, 0) + 1
         try:
-            return await self.dispatcher.dispatch(query, header, user, body)
-        finally:
-            left = self._inProgress[user] - 1
-            if left:
-                self._inProgress[user] = left
-            else:
-                del self._inProgress[user]
+            answer = await self.dispatcher.begin(query, header, user, body)
+        except BaseException:
+            self._finished(None, user)
+            raise
+        if isinstance(answer, Pending):
+            answer.deferred.addBoth(self._finished, user)
+        else:
+            self._finished(None, user)
+        return answer
+
+    def _finished(self, result: T, user: str) -> T:
+        left = self._inProgress[user] - 1
+        if left:
+            self._inProgress[user] = left
+        else:
+            del self._inProgress[user]
+        return result
 
     def _admit(self, query: bytes, header: Callable[[str], Optional[str]], user: str) -> Optional[Response]:
         if self._inProgress.get(user, 0) >= self.limits.userConcurrent:

@@ -7,21 +7,25 @@ only: authentication, body limits, content codings, long requests.
 
 from __future__ import annotations
 
+import binascii
 import gzip
 import zlib
-from typing import Callable, Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed, Unauthorized
 from twisted.cred.portal import Portal
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.guard import BasicCredentialFactory, HTTPAuthSessionWrapper
 
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .protocol.dispatch import Dispatcher, Response, errorResponse
+from .protocol.dispatch import Dispatcher, Pending, Response, errorResponse
 from .throttle import ConnectionGuard, Throttle
 
 ENDPOINT = b"microsoft-server-activesync"
@@ -74,37 +78,14 @@ class ActiveSyncResource(Resource):
             return NOT_DONE_YET
         query = request.uri.partition(b"?")[2]
         d = Deferred.fromCoroutine(
-            self._dispatcher.dispatch(
-                query, lambda name: _header(request, name), self._user, body
-            )
+            self._dispatcher.begin(query, partial(_header, request), self._user, body)
         )
-        finished = []
         # A client that hangs up cancels whatever the command waits for
-        # (a Ping's wait above all), so nothing is held for it.
-        request.notifyFinish().addBoth(finished.append)
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-
-        def answer(response: Response) -> None:
-            if not finished:
-                _write(request, response)
-
-        def failed(failure: Failure) -> None:
-            if failure.check(CancelledError):
-                return
-            log.failure("request from {user} failed", failure=failure, user=self._user)
-            if not finished:
-                # 503, not 500: iOS answers repeated 500s with a full resync.
-                _write(
-                    request,
-                    Response(
-                        503,
-                        b"temporary server error\n",
-                        "text/plain; charset=utf-8",
-                        (("Retry-After", "60"),),
-                    ),
-                )
-
-        d.addCallbacks(answer, failed)
+        # (a Ping's wait above all), so nothing is held for it. Plain
+        # functions and argument tuples, not closures: thousands of these
+        # wait at once, and each closure cell and Deferred is kept alive
+        # for the whole wait.
+        _follow(d, request, self._user)
         return NOT_DONE_YET
 
     def _readBody(self, request: Request) -> "bytes | Response":
@@ -131,6 +112,80 @@ class ActiveSyncResource(Resource):
             log.warn("truncated gzip body from {user}", user=self._user)
             return errorResponse(400, "truncated gzip body")
         return body
+
+
+def _cancel(reason: Failure, d: "Deferred[Response]") -> None:
+    d.cancel()
+
+
+def _follow(d: "Deferred[Response | Pending]", request: Request, user: str) -> None:
+    """
+    Write what C{d} answers, unless the client left; cancel C{d} if the
+    client leaves first.
+    """
+    if isinstance(request, LimitedRequest):
+        request.cancelOnLoss = d
+    else:
+        request.notifyFinish().addErrback(_cancel, d)
+    d.addCallbacks(_answer, _failed, callbackArgs=(request, user), errbackArgs=(request, user))
+
+
+def _answer(response: "Response | Pending", request: Request, user: str) -> None:
+    if isinstance(request, LimitedRequest):
+        request.cancelOnLoss = None
+    if isinstance(response, Pending):
+        if request.finished or request.channel is None:
+            response.deferred.cancel()
+            response.deferred.addErrback(lambda f: f.trap(CancelledError))
+        else:
+            _shed(request)
+            _follow(response.deferred, request, user)
+        return
+    if not request.finished and request.channel is not None:
+        _write(request, response)
+
+
+def _failed(failure: Failure, request: Request, user: str) -> None:
+    if isinstance(request, LimitedRequest):
+        request.cancelOnLoss = None
+    if failure.check(CancelledError):
+        return
+    log.failure("request from {user} failed", failure=failure, user=user)
+    if not request.finished and request.channel is not None:
+        # 503, not 500: iOS answers repeated 500s with a full resync.
+        _write(
+            request,
+            Response(
+                503,
+                b"temporary server error\n",
+                "text/plain; charset=utf-8",
+                (("Retry-After", "60"),),
+            ),
+        )
+
+
+#: The request headers a waiting request keeps: what its answer
+#: (L{_acceptsGzip}) and the access log read.
+_KEPT_HEADERS = (b"accept-encoding", b"user-agent", b"referer", b"x-forwarded-for")
+
+
+def _shed(request: Request) -> None:
+    """
+    Let a request that will wait long (thousands at once, for up to an
+    hour) drop what was parsed from it and is read no more: the query
+    arguments, the body, and the request headers but those its answer and
+    the access log read. Twisted reads the others (persistence, cookies,
+    C{Expect}) only while the request arrives.
+    """
+    request.args = {}
+    if request.content is not None:
+        request.content.close()
+    kept = Headers()
+    for name in _KEPT_HEADERS:
+        values = request.requestHeaders.getRawHeaders(name)
+        if values is not None:
+            kept.setRawHeaders(name, values)
+    request.requestHeaders = kept
 
 
 def _write(request: Request, response: Response) -> None:
@@ -186,6 +241,76 @@ class RootResource(Resource):
         return b"directpush: Exchange ActiveSync lives at /Microsoft-Server-ActiveSync\n"
 
 
+class BasicGuard(Resource):
+    """
+    HTTP Basic authentication in front of the avatar resources of
+    C{portal}: what L{twisted.web.guard.HTTPAuthSessionWrapper} does for
+    one scheme, without the wrapper class, L{Deferred} and logout callback
+    it keeps per request until the answer (a waiting Ping lives for
+    minutes, thousands at once). Our realm's logout does nothing, so it is
+    not called.
+    """
+
+    isLeaf = True
+
+    def __init__(self, portal: Portal, realmName: bytes) -> None:
+        super().__init__()
+        self._portal = portal
+        self._challenge = b'basic realm="' + realmName + b'"'
+
+    def render(self, request: Request) -> object:
+        credentials = _basicCredentials(request.getHeader(b"authorization"))
+        if credentials is None:
+            return self._unauthorized(request)
+        d = self._portal.login(credentials, None, IResource)
+        d.addCallbacks(self._loggedIn, self._loginFailed, callbackArgs=(request,), errbackArgs=(request,))
+        return NOT_DONE_YET
+
+    def _loggedIn(self, result: Any, request: Request) -> None:
+        if request.finished or request.channel is None:
+            return
+        _, avatar, _ = result
+        request.render(avatar)
+
+    def _loginFailed(self, failure: Failure, request: Request) -> None:
+        if request.finished or request.channel is None:
+            return
+        if failure.check(Unauthorized, LoginFailed):
+            body = self._unauthorized(request)
+        else:
+            log.failure("authenticating a request failed", failure=failure)
+            request.setResponseCode(500)
+            body = b"Internal Error"
+        request.setHeader(b"Content-Length", str(len(body)).encode("ascii"))
+        request.write(body)
+        request.finish()
+
+    def _unauthorized(self, request: Request) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(b"WWW-Authenticate", self._challenge)
+        return b"Unauthorized"
+
+
+def _basicCredentials(header: Optional[bytes]) -> Optional[UsernamePassword]:
+    """
+    The user name and password of a C{Basic} I{Authorization} header, or
+    L{None} for a missing, other or malformed one.
+    """
+    if not header:
+        return None
+    scheme, _, blob = header.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = binascii.a2b_base64(blob.strip() + b"===")
+    except binascii.Error:
+        return None
+    name, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    return UsernamePassword(name, password)
+
+
 class LimitedRequest(Request):
     """
     A request whose body may not exceed C{maxBody} bytes: a larger declared
@@ -196,6 +321,16 @@ class LimitedRequest(Request):
     maxBody = DEFAULT_MAX_BODY
     _rejected = False
     _received = 0
+    #: What to cancel if the client goes away before the answer: the
+    #: command in progress. Cheaper than a notifyFinish() Deferred and
+    #: its callbacks, kept for every waiting request.
+    cancelOnLoss: "Optional[Deferred[Any]]" = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        d, self.cancelOnLoss = self.cancelOnLoss, None
+        if d is not None:
+            d.cancel()
 
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > self.maxBody:
@@ -247,8 +382,7 @@ def buildSite(
     @param guard: if given, deadlines for receiving requests and the cap on
         connections per peer (L{directpush.throttle}).
     """
-    guarded = HTTPAuthSessionWrapper(portal, [BasicCredentialFactory(realmName)])
-    site = Site(RootResource(guarded), reactor=reactor)
+    site = Site(RootResource(BasicGuard(portal, realmName)), reactor=reactor)
     site.displayTracebacks = False
     site.requestFactory = _requestFactory(maxBody)
     if guard is not None:

@@ -5,6 +5,7 @@ Tests for L{directpush.backends.maildir}.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet.defer import Deferred
@@ -820,3 +822,81 @@ class LargeFolderTests(_MaildirTestMixin):
         self.assertEqual(len(again), self.count + 1)
         self.assertEqual(again[-1].uid, uid)
         self.assertTrue(scans)
+
+
+class MailboxCacheTests(SynchronousTestCase):
+    """
+    With C{mailboxIdle}, unused mailboxes are dropped after a while, and a
+    user never has two.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.root = FilePath(self.mktemp())
+        self.backend = MaildirBackend(self.root, runNow, self.clock, mailboxIdle=30)
+
+    def test_sameWhileUsed(self) -> None:
+        """
+        Asking again within the idle time gives the same mailbox, and keeps
+        it cached.
+        """
+        first = self.successResultOf(self.backend.mailbox("alice"))
+        ref = weakref.ref(first)
+        del first
+        for _ in range(4):
+            self.clock.advance(20)
+            self.assertIs(self.successResultOf(self.backend.mailbox("alice")), ref())
+        self.assertEqual(self.backend.cachedMailboxes, 1)
+
+    def test_droppedWhenIdle(self) -> None:
+        """
+        A mailbox nobody holds or asked for during a whole idle period is
+        let go of; asking again opens it afresh, with what is on disk, and
+        no timer is left once the cache is empty.
+        """
+        box = self.successResultOf(self.backend.mailbox("alice"))
+        inbox = self.successResultOf(box.folders())[0].id
+        uid = self.successResultOf(box.append(inbox, b"Subject: hi\r\n\r\nhello\r\n", [], 1.0))
+        ref = weakref.ref(box)
+        del box
+        self.clock.advance(30)
+        self.assertEqual(self.backend.cachedMailboxes, 1)
+        self.assertIsNotNone(ref())
+        self.clock.advance(30)
+        self.assertEqual(self.backend.cachedMailboxes, 0)
+        gc.collect()
+        self.assertIsNone(ref())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        again = self.successResultOf(self.backend.mailbox("alice"))
+        self.assertEqual([m.uid for m in self.successResultOf(again.messages(inbox))], [uid])
+
+    def test_heldNeverDuplicated(self) -> None:
+        """
+        A mailbox someone still holds is the one handed out, however long
+        after the cache let go of it.
+        """
+        held = self.successResultOf(self.backend.mailbox("alice"))
+        for _ in range(4):
+            self.clock.advance(30)
+        self.assertEqual(self.backend.cachedMailboxes, 0)
+        self.assertIs(self.successResultOf(self.backend.mailbox("alice")), held)
+
+    def test_keptForGoodByDefault(self) -> None:
+        """
+        Without C{mailboxIdle}, mailboxes stay and no timer runs.
+        """
+        backend = MaildirBackend(self.root, runNow, self.clock)
+        ref = weakref.ref(self.successResultOf(backend.mailbox("alice")))
+        self.clock.advance(3600)
+        gc.collect()
+        self.assertIsNotNone(ref())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopCaching(self) -> None:
+        """
+        L{MaildirBackend.stopCaching} empties the cache and cancels the
+        sweep.
+        """
+        self.successResultOf(self.backend.mailbox("alice"))
+        self.backend.stopCaching()
+        self.assertEqual((self.backend.cachedMailboxes, self.clock.getDelayedCalls()), (0, []))

@@ -12,17 +12,19 @@ deliveries by another process, as in production.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
 import struct
 import sys
+import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
 from twisted.internet import reactor, threads, utils
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.inotify import IN_CREATE, IN_DELETE_SELF, IN_Q_OVERFLOW, INotify, INotifyError
+from twisted.internet.inotify import IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_Q_OVERFLOW, INotify, INotifyError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -252,10 +254,7 @@ class WatcherTests(SynchronousTestCase):
         self.resultOf(self.box.messages(INBOX_ID))
         self.watch(INBOX_ID)
         self.reactor.advance(0)
-        # Open the mailbox; the scan is queued next.
-        [(opening, opened)] = self.jobs.queue
-        del self.jobs.queue[:]
-        opened.callback(opening())
+        # The mailbox is open already: the scan is the only job queued.
         [(scan, d)] = self.jobs.queue
         del self.jobs.queue[:]
         result = scan()
@@ -297,6 +296,35 @@ class WatcherTests(SynchronousTestCase):
         self.settle()
         self.assertEqual(len(self.seen), 1)
         self.assertEqual(len(self.resultOf(self.box.messages(INBOX_ID))), 1)
+
+    def test_deliveryAfterMailboxDropped(self) -> None:
+        """
+        With a mailbox cache that lets go of idle mailboxes, a delivery
+        into a folder watched for longer than that is still announced once
+        (the rescan opens the mailbox afresh), and later changes too.
+        """
+        self.backend = MaildirBackend(self.root, self.jobs, self.reactor, reactor=self.reactor, mailboxIdle=30)
+        self.addCleanup(self.backend.stopCaching)
+        self.addCleanup(self.backend.notifier.subscribe(ALICE, self.seen.append))
+        del self.box
+        self.watch(INBOX_ID)
+        self.settle()
+        ref = weakref.ref(self.resultOf(self.backend.mailbox(ALICE)))
+        for _ in range(3):
+            self.reactor.advance(30)
+        gc.collect()
+        self.assertIsNone(ref())
+        self.assertEqual(self.backend.cachedMailboxes, 0)
+        deliver(self.home)
+        self.settle()
+        self.assertEqual(self.announced(), [INBOX_ID])
+        for _ in range(3):
+            self.reactor.advance(30)
+        deliver(self.home)
+        self.settle()
+        self.assertEqual(self.announced(), [INBOX_ID, INBOX_ID])
+        box = self.resultOf(self.backend.mailbox(ALICE))
+        self.assertEqual(len(self.resultOf(box.messages(INBOX_ID))), 2)
 
     def test_debounce(self) -> None:
         """
@@ -703,20 +731,30 @@ class TwistedInternalsTests(SynchronousTestCase):
         self.notifier.doRead()
         self.assertEqual(self.events, [(wd, IN_CREATE, b"file")])
 
-    def test_watchBookkeeping(self) -> None:
+    def test_watchRecordsNothing(self) -> None:
         """
-        C{INotify.watch} records the watch in C{_watchpoints} (by wd, with
-        its bytes C{path}) and C{_watchpaths} (by bytes path), which
-        L{_Notifier.forget} cleans.
+        L{_Notifier.watch} adds the kernel watch through
+        C{INotify._inotify} and C{_fd} without Twisted's per-watch records;
+        L{_Notifier.unwatch} removes it by descriptor, and removing it
+        twice is harmless.
         """
-        wd = self.notifier.watch(self.dir)
-        path = self.dir.asBytesMode()
-        self.assertEqual(self.notifier._watchpoints[wd].path, path)
-        self.assertEqual(self.notifier._watchpaths[path], wd)
-        self.notifier.forget(wd)
-        self.assertNotIn(wd, self.notifier._watchpoints)
-        self.assertNotIn(path, self.notifier._watchpaths)
-        self.assertIsNone(self.notifier._isWatched(self.dir))
+        wd = self.notifier.watch(self.dir, IN_CREATE)
+        self.assertEqual((self.notifier._watchpoints, self.notifier._watchpaths), ({}, {}))
+        self.dir.child("one").touch()
+        self.notifier.doRead()
+        self.assertEqual(self.events, [(wd, IN_CREATE, b"one")])
+        self.notifier.unwatch(wd)
+        self.notifier.doRead()
+        self.assertEqual(self.events[1][:2], (wd, IN_IGNORED))
+        del self.events[:]
+        other = self.dir.child("other")
+        other.makedirs()
+        otherWd = self.notifier.watch(other, IN_CREATE)
+        self.dir.child("two").touch()
+        other.child("three").touch()
+        self.notifier.unwatch(wd)
+        self.notifier.doRead()
+        self.assertEqual(self.events, [(otherWd, IN_CREATE, b"three")])
 
     def test_twistedStillDropsOverflow(self) -> None:
         """

@@ -5,7 +5,7 @@ Ping and hanging Sync on the push hub, driven by a Clock.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from zope.interface import implementer
@@ -14,6 +14,7 @@ from directpush import wbxml
 from directpush.interfaces import IPushHub, ISubmission
 from directpush.model import FolderType
 from directpush.protocol.commands import makeDispatcher
+from directpush.protocol.dispatch import Pending, Response
 from directpush.push import PushHub
 from directpush.wbxml import E
 
@@ -400,3 +401,47 @@ class HangingSyncTests(PingTestCase):
         d = self.hangingSync(E("Wait", "5"), commands=[E("Change", E("ServerId", f"{self.inbox}:{uid}"), E("ApplicationData", E("Email:Read", "1")))])
         self.assertIsNotNone(self.successResultOf(d))
         self.assertEqual(self.hub.waiting, 0)
+
+
+class PendingTests(PingTestCase):
+    """
+    What the web adapter sees of a Ping through L{Dispatcher.begin}.
+    """
+
+    def test_waitingPingIsPending(self) -> None:
+        """
+        A Ping that must wait answers at once with a L{Pending}: no
+        coroutine waits with it. Its Deferred brings the answer when mail
+        lands, and everything is freed after.
+        """
+        answers: List[Any] = []
+
+        async def send(query: bytes, headers: Dict[str, str], body: bytes) -> Tuple[int, Optional[str], bytes]:
+            lowered = {k.lower(): v for k, v in headers.items()}
+            answer = await self.dispatcher.begin(query, lambda name: lowered.get(name.lower()), USER, body)
+            answers.append(answer)
+            if isinstance(answer, Pending):
+                answer = await answer.deferred
+            return answer.code, answer.contentType, answer.body
+
+        self.phone.transport = send
+        d = self.startPing()
+        self.assertNoResult(d)
+        self.assertIsInstance(answers[0], Pending)
+        self.deliver("wake up")
+        self.assertEqual(self.status(self.successResultOf(d)), "2")
+        self.assertAllFreed()
+
+    def test_answerAtOnceIsNotPending(self) -> None:
+        """
+        A Ping with something to say at once answers a plain L{Response}.
+        """
+        self.deliver("already here")
+        body = wbxml.encode(self.pingDocument())
+        query = f"Cmd=Ping&User={USER}&DeviceId={self.phone.deviceId}&DeviceType=iPhone".encode()
+        headers = {"ms-asprotocolversion": "14.1", "content-type": "application/vnd.ms-sync.wbxml"}
+        answer = self.successResultOf(
+            Deferred.fromCoroutine(self.dispatcher.begin(query, lambda name: headers.get(name.lower()), USER, body))
+        )
+        self.assertIsInstance(answer, Response)
+        self.assertEqual(self.status(wbxml.decode(answer.body)), "2")

@@ -94,3 +94,94 @@ class PushHubTests(SynchronousTestCase):
         self.backend.notifier.announce(FolderChange("u", frozenset({"1"})))
         self.assertEqual(self.successResultOf(d), frozenset({"1"}))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class DeadlineTests(SynchronousTestCase):
+    """
+    Heartbeats end through one hub timer set for the earliest deadline.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.hub = PushHub(self.clock, MemoryBackend(self.clock))
+
+    async def verify(self, folders: FrozenSet[str]) -> FrozenSet[str]:
+        return folders
+
+    def test_expiryOrderOneTimer(self) -> None:
+        """
+        Waits with different timeouts end each at its own time, in order,
+        with a single timer pending however many wait.
+        """
+        ended: List[str] = []
+        for device, timeout in (("c", 30), ("a", 10), ("b", 20), ("a2", 10)):
+            self.hub.wait("alice", device, frozenset({"1"}), timeout, self.verify).addCallback(
+                lambda result, device=device: ended.append(device) if result == frozenset() else None
+            )
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(9.9)
+        self.assertEqual(ended, [])
+        self.clock.advance(0.1)
+        self.assertEqual(sorted(ended), ["a", "a2"])
+        self.clock.advance(10)
+        self.assertEqual(ended[2:], ["b"])
+        self.clock.advance(10)
+        self.assertEqual(ended[3:], ["c"])
+        self.assertEqual((self.hub.waiting, self.clock.getDelayedCalls()), (0, []))
+
+    def test_earlierDeadlineMovesTimer(self) -> None:
+        """
+        A wait shorter than every pending one brings the timer forward.
+        """
+        long = self.hub.wait("alice", "long", frozenset({"1"}), 100, self.verify)
+        short = self.hub.wait("bob", "short", frozenset({"1"}), 5, self.verify)
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [5])
+        results: List[object] = []
+        short.addCallback(results.append)
+        long.addCallback(results.append)
+        self.clock.advance(5)
+        self.assertEqual(results, [frozenset()])
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [100])
+
+    def test_answeredEarlyLeavesNoTimer(self) -> None:
+        """
+        Once nothing waits (answered, superseded, cancelled), no timer is
+        left pending, and the heap is empty.
+        """
+        first = self.hub.wait("alice", "dev", frozenset({"1"}), 60, self.verify)
+        second = self.hub.wait("alice", "dev", frozenset({"1"}), 60, self.verify)
+        self.assertIsNone(self.successResultOf(first))
+        second.cancel()
+        self.failureResultOf(second)
+        self.assertEqual((self.hub.waiting, self.clock.getDelayedCalls()), (0, []))
+        self.assertEqual(self.hub._deadlines, [])
+
+    def test_staleEntriesCompacted(self) -> None:
+        """
+        Requests answered long before their deadline do not pile up in the
+        heap while others keep waiting.
+        """
+        self.hub.wait("keeper", "dev", frozenset({"1"}), 3000, self.verify)
+        for i in range(1000):
+            self.hub.wait("alice", "dev", frozenset({"1"}), 3000, self.verify)
+        self.assertEqual(self.hub.waiting, 2)
+        self.assertLess(len(self.hub._deadlines), 200)
+        self.clock.advance(3000)
+        self.assertEqual((self.hub.waiting, self.clock.getDelayedCalls()), (0, []))
+
+    def test_waitAgainWhileExpiring(self) -> None:
+        """
+        A request that waits again from the callback of its expiry gets a
+        fresh deadline, and the timer follows it.
+        """
+        again: List[object] = []
+
+        def expired(result: object) -> None:
+            again.append(self.hub.wait("alice", "dev", frozenset({"1"}), 60, self.verify))
+
+        self.hub.wait("alice", "dev", frozenset({"1"}), 60, self.verify).addCallback(expired)
+        self.clock.advance(60)
+        self.assertEqual(len(again), 1)
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [120])
+        self.clock.advance(60)
+        self.assertEqual(self.successResultOf(again[0]), frozenset())

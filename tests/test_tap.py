@@ -6,6 +6,7 @@ plugin.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import socket
@@ -92,7 +93,11 @@ class BuildServiceTests(SynchronousTestCase):
         self.reactor = MemoryReactor()
 
     def build(self, *argv: str):
-        config = tap.configFromOptions(options("--data", self.data.path, "--hostname", "mail.test", *argv))
+        # No render workers: they are real processes, and a MemoryReactor
+        # cannot hear that they stopped.
+        config = tap.configFromOptions(
+            options("--data", self.data.path, "--hostname", "mail.test", "--render-workers", "0", *argv)
+        )
         with capturedLogs() as events:
             service = tap.buildService(config, self.reactor)
         service.privilegedStartService()
@@ -259,3 +264,22 @@ class TwistdProcessTests(SynchronousTestCase):
         self.assertOneLine(
             self.twistd("--listen", f"tcp:{port}:interface=127.0.0.1"), "Address already in use"
         )
+
+
+class FreezeTests(SynchronousTestCase):
+    """
+    L{tap.freezeStartup}.
+    """
+
+    def test_freezes(self) -> None:
+        """
+        The objects alive at startup are moved to the permanent generation,
+        where collections do not look, and it is logged.
+        """
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        with capturedLogs() as events:
+            tap.freezeStartup()
+        self.assertGreater(gc.get_freeze_count(), 1000)
+        [count] = [e["count"] for e in events if "count" in e]
+        self.assertGreater(count, 1000)

@@ -65,9 +65,9 @@ class World:
         class Recording:
             optionsHeaders = dispatcher.optionsHeaders
 
-            async def dispatch(self, query: bytes, header: Any, user: str, body: bytes) -> Any:
+            async def begin(self, query: bytes, header: Any, user: str, body: bytes) -> Any:
                 calls.append(user)
-                return await dispatcher.dispatch(query, header, user, body)
+                return await dispatcher.begin(query, header, user, body)
 
         self.throttle = throttle.Throttle(Recording(), limits, self.clock)  # type: ignore[arg-type]
         path = FilePath(case.mktemp())

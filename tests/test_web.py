@@ -10,6 +10,8 @@ import base64
 import gzip
 from typing import Dict, List, Optional, Tuple
 
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -20,9 +22,10 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from directpush import auth, wbxml, web
-from directpush.protocol.dispatch import Dispatcher, Response, wbxmlResponse
+from directpush.protocol.dispatch import Dispatcher, Pending, Response, wbxmlResponse
 from directpush.protocol.request import EASRequest
 
 from .util import runNow
@@ -67,6 +70,10 @@ class WebTests(SynchronousTestCase):
                 d: Deferred[Response] = Deferred(self.cancelled.append)
                 self.pending.append(d)
                 return await d
+            if request.deviceId == "later":
+                later: Deferred[Response] = Deferred(self.cancelled.append)
+                self.pending.append(later)
+                return Pending(later)  # type: ignore[return-value]
             if request.deviceId == "boom":
                 raise RuntimeError("handler bug")
             return wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "1")))
@@ -263,6 +270,58 @@ class WebTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_pendingAnswer(self) -> None:
+        """
+        A handler's L{Pending} answer is written when it fires.
+        """
+        self.send(path=PING_QUERY.replace(b"dev1", b"later"))
+        self.assertEqual(self.transport.value(), b"")
+        self.pending[0].callback(wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "2"))))
+        code, _, body = parseResponse(self.transport.value())
+        self.assertEqual((code, wbxml.decode(body).findtext("Status")), (200, "2"))
+
+    def test_pendingSheds(self) -> None:
+        """
+        A request answered L{Pending} keeps no query arguments, body or
+        request headers but those its answer and the access log read; the
+        answer still honours Accept-Encoding.
+        """
+        self.send(
+            path=PING_QUERY.replace(b"dev1", b"later"),
+            headers={b"Accept-Encoding": b"gzip", b"User-Agent": b"Phone/1", b"X-Other": b"x"},
+            body=b"\x03\x01\x6a\x00\x45\x01",
+        )
+        [request] = self.proto._channel.requests
+        self.assertEqual(request.args, {})
+        self.assertTrue(request.content.closed)
+        self.assertEqual(
+            sorted(name for name, _ in request.requestHeaders.getAllRawHeaders()),
+            [b"Accept-Encoding", b"User-Agent"],
+        )
+        self.pending[0].callback(Response(200, b"x" * 4000, "application/vnd.ms-sync.wbxml"))
+        code, headers, body = parseResponse(self.transport.value())
+        self.assertEqual((code, headers["content-encoding"], gzip.decompress(body)), (200, "gzip", b"x" * 4000))
+
+    def test_pendingCancelledOnDisconnect(self) -> None:
+        """
+        A client that goes away cancels a L{Pending} answer's wait, quietly.
+        """
+        self.send(path=PING_QUERY.replace(b"dev1", b"later"))
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.cancelled, self.pending)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_pendingFailure(self) -> None:
+        """
+        A L{Pending} answer that fails is answered 503, as a failing
+        handler is.
+        """
+        self.send(path=PING_QUERY.replace(b"dev1", b"later"))
+        self.pending[0].errback(RuntimeError("later bug"))
+        self.assertEqual(parseResponse(self.transport.value())[0], 503)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_longWaitSurvivesIdleTimeout(self) -> None:
         """
         A request that waits an hour is not cut by the site's idle timeout.
@@ -293,3 +352,71 @@ class WebTests(SynchronousTestCase):
         """
         code, _, _ = self.send(headers={b"X-MS-PolicyKey": b"\xff\xfe"})
         self.assertEqual(code, 400)
+
+@implementer(ICredentialsChecker)
+class _SlowChecker:
+    """
+    A checker whose answers the test gives, later.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.pending: List[Deferred] = []
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class GuardTests(SynchronousTestCase):
+    """
+    L{web.BasicGuard} when the login takes time or fails unexpectedly.
+    """
+
+    def setUp(self) -> None:
+        self.checker = _SlowChecker()
+        self.seen: List[str] = []
+
+        async def ping(request: EASRequest, document, body: bytes) -> Response:
+            self.seen.append(request.user)
+            return wbxmlResponse(wbxml.E("Ping:Ping", wbxml.E("Status", "1")))
+
+        portal = Portal(auth.Realm(web.makeUserResource(Dispatcher({"Ping": ping}), 4096)), [self.checker])
+        self.site = web.buildSite(portal, Clock(), maxBody=4096)
+        self.proto = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.proto.dataReceived(
+            b"POST " + PING_QUERY + b" HTTP/1.1\r\nHost: localhost\r\nMS-ASProtocolVersion: 14.1\r\n"
+            b"Authorization: " + CREDENTIALS + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+
+    def test_slowLogin(self) -> None:
+        """
+        The request is rendered for the user once the login completes.
+        """
+        self.assertEqual(self.transport.value(), b"")
+        self.checker.pending[0].callback(b"alice@x.org")
+        self.assertEqual(parseResponse(self.transport.value())[0], 200)
+        self.assertEqual(self.seen, ["alice@x.org"])
+
+    def test_goneBeforeLogin(self) -> None:
+        """
+        A client gone before its login completes gets nothing rendered and
+        nothing written, whether the login succeeds or fails.
+        """
+        self.proto.connectionLost(Failure(ConnectionDone()))
+        self.checker.pending[0].callback(b"alice@x.org")
+        self.assertEqual((self.transport.value(), self.seen), (b"", []))
+
+    def test_unexpectedLoginError(self) -> None:
+        """
+        A login that fails for another reason than bad credentials is
+        logged and answered 500.
+        """
+        self.checker.pending[0].errback(RuntimeError("checker bug"))
+        self.assertEqual(parseResponse(self.transport.value())[0], 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.seen, [])

@@ -60,11 +60,12 @@ import shutil
 import socket
 import stat
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorFDSet, IReactorTime
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
@@ -1321,6 +1322,11 @@ class MaildirBackend:
         inotify for L{watch} (see L{directpush.backends.maildirwatch});
         L{None}: no watching, only changes made through this backend
         are announced.
+    @param mailboxIdle: seconds an unused mailbox (its folder map and
+        listings) stays cached: after between this and twice this, the
+        backend lets go of it. L{None}: mailboxes stay for good.
+        A mailbox in use (by a request, a rescan) is never dropped, and
+        there is never more than one per user.
     """
 
     def __init__(
@@ -1330,6 +1336,7 @@ class MaildirBackend:
         clock: IReactorTime,
         notifier: Optional[IChangeNotifier] = None,
         reactor: Optional[IReactorFDSet] = None,
+        mailboxIdle: Optional[float] = None,
     ) -> None:
         if isinstance(root, str) and "%" not in root:
             root = FilePath(root)
@@ -1345,7 +1352,17 @@ class MaildirBackend:
         self._runBlocking: RunBlocking[object] = runBlocking
         self._clock = clock
         self.notifier: IChangeNotifier = notifier if notifier is not None else LocalNotifier()
-        self._mailboxes: Dict[str, MaildirMailbox] = {}
+        # Every mailbox anyone holds, by user: so that there is one per
+        # user even after the cache below let go of it.
+        self._mailboxes: "weakref.WeakValueDictionary[str, MaildirMailbox]" = weakref.WeakValueDictionary()
+        # The cache: mailboxes used since the last sweep, and in the
+        # period before. A mailbox costs a few kilobytes and a big folder
+        # listing far more, and most users, once their device waits on a
+        # Ping, do not need theirs for minutes.
+        self._mailboxIdle = mailboxIdle
+        self._recent: Dict[str, MaildirMailbox] = {}
+        self._older: Dict[str, MaildirMailbox] = {}
+        self._sweeper: Optional[IDelayedCall] = None
         self._counter = itertools.count(1)
         self._host = _hostname()
         self._reactor = reactor
@@ -1414,5 +1431,43 @@ class MaildirBackend:
         box = self._mailboxes.get(user)
         if box is None:
             box = self._mailboxes[user] = MaildirMailbox(user, path, self)
+        self._keep(user, box)
+        if box._opened:
+            # Set under the lock once the opening is done: no need to
+            # take a thread (and two wake-ups) to find that out.
+            return succeed(box)
         opened = box._run(lambda: None)
         return opened.addCallback(lambda _: box)
+
+    def _keep(self, user: str, box: MaildirMailbox) -> None:
+        self._recent[user] = box
+        if self._mailboxIdle is not None and self._sweeper is None:
+            self._sweeper = self._clock.callLater(self._mailboxIdle, self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        Let go of the mailboxes nobody used for a whole period; those in
+        use stay reachable through L{_mailboxes}.
+        """
+        self._sweeper = None
+        self._older, self._recent = self._recent, {}
+        if self._older:
+            self._sweeper = self._clock.callLater(self._mailboxIdle, self._sweep)  # type: ignore[arg-type]
+
+    def stopCaching(self) -> None:
+        """
+        Let go of every cached mailbox and stop the sweeps (when the server
+        stops).
+        """
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._recent.clear()
+        self._older.clear()
+
+    @property
+    def cachedMailboxes(self) -> int:
+        """
+        How many mailboxes the cache holds (for tests and operators).
+        """
+        return len(set(self._recent) | set(self._older))

@@ -31,10 +31,12 @@ to:
   - Should the notifier be lost anyway, a new one is made and every watch
     added again (each folder is rescanned, then watched).
 
-The replacement also relies on C{INotify._watchpoints} and
-C{INotify._watchpaths}, to forget a watch the kernel has dropped;
+L{_Notifier} also replaces C{INotify.watch}: it adds the kernel watch
+through C{INotify._inotify} and records nothing (Twisted keeps a
+C{_Watch} and two map entries per watch, which thousands of waiting Pings
+pay for); L{MaildirWatcher} keeps the descriptors.
 L{tests.test_maildir_watch.TwistedInternalsTests} fails if Twisted
-changes either.
+changes what this relies on.
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ __all__ = ["DEBOUNCE", "RETRY", "MaildirWatcher"]
 log = Logger()
 
 #: Seconds from the first event on a folder to its rescan. A delivery is
-#: one rename into new/, so a few milliseconds gather its events; every
-#: millisecond here is push latency.
-DEBOUNCE = 0.005
+#: one rename into new/, a flag change one rename in cur/: their events
+#: come in one read, which a millisecond lets finish; every millisecond
+#: here is push latency (it was 5 ms).
+DEBOUNCE = 0.001
 
 #: Seconds before trying again when a folder could not be watched (the
 #: inotify watch limit, an unreadable directory) or the notifier keeps
@@ -91,9 +94,6 @@ MASK = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN
 #: After these, the watch is over (the kernel drops it, or, for a moved
 #: directory, it no longer watches the folder).
 _ENDS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_UNMOUNT
-
-#: After these the kernel has dropped the watch by itself.
-_DROPPED = IN_DELETE_SELF | IN_IGNORED | IN_UNMOUNT
 
 #: struct inotify_event: int wd; uint32_t mask, cookie, len; char name[len]
 _EVENT = struct.Struct("=iIII")
@@ -136,31 +136,29 @@ class _Notifier(INotify):
                 break
             name = data[offset + _EVENT.size : end].rstrip(b"\0") or None
             offset = end
-            if mask & _DROPPED:
-                self.forget(wd)
             try:
                 self._onEvent(wd, mask, name)
             except Exception:
                 log.failure("handling inotify event {mask:#x} on watch {wd}", mask=mask, wd=wd)
         self._unread = data[offset:]
 
-    def forget(self, wd: int) -> None:
+    def watch(self, path: "FilePath[str]", mask: int = MASK, *args: object, **kwargs: object) -> int:
         """
-        Drop what Twisted knows of watch C{wd}, which the kernel dropped
-        already (so that the same path can be watched again).
-        """
-        watch = self._watchpoints.pop(wd, None)
-        if watch is not None and self._watchpaths.get(watch.path) == wd:
-            del self._watchpaths[watch.path]
+        Watch C{path} for C{mask} and return the watch descriptor. Unlike
+        L{INotify.watch} nothing is recorded here (no C{_Watch}, no path
+        maps: a few hundred bytes per watch, and thousands are held); the
+        caller keeps the descriptor.
 
-    def unwatch(self, path: "FilePath[str]") -> None:
+        @raise INotifyError: if the kernel refuses.
         """
-        Stop watching C{path}, if it still is watched.
+        wd: int = self._inotify.add(self._fd, path, mask | IN_DELETE_SELF)
+        return wd
+
+    def unwatch(self, wd: int) -> None:
         """
-        try:
-            self.ignore(path)
-        except KeyError:
-            pass
+        Stop watch C{wd}; harmless if the kernel dropped it already.
+        """
+        self._inotify.remove(self._fd, wd)
 
     def stop(self) -> None:
         """
@@ -201,8 +199,9 @@ class _Folder:
     One watched folder.
 
     @ivar refs: how many L{MaildirWatcher.watch} calls want it.
-    @ivar wds: inotify watch descriptor by subdirectory (C{new}, C{cur}).
-    @ivar paths: the directory each watch was added for.
+    @ivar newWd: the inotify watch descriptor of C{new/}, if watched.
+    @ivar curWd: the inotify watch descriptor of C{cur/}, if watched.
+    @ivar path: the folder directory those watches were added in.
     @ivar fingerprint: the listing as of the last rescan.
     @ivar announced: whether the folder was announced (by anyone) since.
     @ivar timer: the pending rescan.
@@ -216,8 +215,11 @@ class _Folder:
     user: str
     folderId: str
     refs: int = 0
-    wds: Dict[str, int] = attrs.Factory(dict)
-    paths: Dict[str, "FilePath[str]"] = attrs.Factory(dict)
+    # Two fields, not a dict by subdirectory: thousands of folders are
+    # watched at once.
+    newWd: Optional[int] = None
+    curWd: Optional[int] = None
+    path: Optional[str] = None
     fingerprint: Optional[Fingerprint] = None
     announced: bool = False
     timer: Optional[IDelayedCall] = None
@@ -226,6 +228,46 @@ class _Folder:
     known: bool = False
     ended: bool = False
     dropped: bool = False
+
+    @property
+    def wds(self) -> Dict[str, int]:
+        """
+        The watch descriptors by subdirectory.
+        """
+        found = {}
+        if self.newWd is not None:
+            found["new"] = self.newWd
+        if self.curWd is not None:
+            found["cur"] = self.curWd
+        return found
+
+    def setWd(self, sub: str, wd: Optional[int]) -> None:
+        if sub == "new":
+            self.newWd = wd
+        else:
+            self.curWd = wd
+
+
+class _Interest:
+    """
+    One L{MaildirWatcher.watch} call, until its C{cancel} (the unwatch
+    function handed out) runs: smaller than a closure, and one is kept per
+    waiting request.
+    """
+
+    __slots__ = ("_watcher", "_user", "_folderIds", "_done")
+
+    def __init__(self, watcher: "MaildirWatcher", user: str, folderIds: Tuple[str, ...]) -> None:
+        self._watcher = watcher
+        self._user = user
+        self._folderIds = folderIds
+        self._done = False
+
+    def cancel(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._watcher._release(self._user, self._folderIds)
 
 
 class MaildirWatcher:
@@ -254,8 +296,11 @@ class MaildirWatcher:
         self._notifierFactory = notifierFactory
         self._notifier: Optional[_Notifier] = None
         self._folders: Dict[Tuple[str, str], _Folder] = {}
-        self._byWd: Dict[int, Tuple[_Folder, str]] = {}
+        self._byWd: Dict[int, _Folder] = {}
         self._subscriptions: Dict[str, Callable[[], None]] = {}
+        #: How many of each user's folders are watched: the subscription
+        #: goes with the last (counted, not searched for: thousands are).
+        self._perUser: Dict[str, int] = {}
         self._lastLost: Optional[float] = None
         self._idleWaiters: List[Deferred[None]] = []
         self._rescanWaiters: List[Deferred[Tuple[str, str, bool]]] = []
@@ -267,7 +312,7 @@ class MaildirWatcher:
         The inotify watch descriptors by (user, folder id), then by
         subdirectory.
         """
-        return {key: dict(folder.wds) for key, folder in self._folders.items()}
+        return {key: folder.wds for key, folder in self._folders.items()}
 
     def references(self, user: str, folderId: str) -> int:
         """
@@ -308,11 +353,13 @@ class MaildirWatcher:
         """
         See L{directpush.interfaces.IMailboxBackend.watch}.
         """
-        keys = [(user, folderId) for folderId in sorted(set(folderIds))]
-        for key in keys:
+        ids = tuple(sorted(set(folderIds)))
+        for folderId in ids:
+            key = (user, folderId)
             folder = self._folders.get(key)
             if folder is None:
-                folder = self._folders[key] = _Folder(user, key[1])
+                folder = self._folders[key] = _Folder(user, folderId)
+                self._perUser[user] = self._perUser.get(user, 0) + 1
                 self._subscribe(user)
                 self._schedule(folder, 0)
             elif folder.ended:
@@ -320,21 +367,15 @@ class MaildirWatcher:
                 folder.ended = False
                 self._schedule(folder, 0)
             folder.refs += 1
-        done = False
+        return _Interest(self, user, ids).cancel
 
-        def unwatch() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            for key in keys:
-                folder = self._folders[key]
-                folder.refs -= 1
-                if not folder.refs:
-                    self._drop(folder)
-            self._checkIdle()
-
-        return unwatch
+    def _release(self, user: str, folderIds: Tuple[str, ...]) -> None:
+        for folderId in folderIds:
+            folder = self._folders[(user, folderId)]
+            folder.refs -= 1
+            if not folder.refs:
+                self._drop(folder)
+        self._checkIdle()
 
     def _drop(self, folder: _Folder) -> None:
         folder.dropped = True
@@ -343,7 +384,11 @@ class MaildirWatcher:
             folder.timer.cancel()
             folder.timer = None
         self._unwatchDirs(folder)
-        if not any(f.user == folder.user for f in self._folders.values()):
+        left = self._perUser[folder.user] - 1
+        if left:
+            self._perUser[folder.user] = left
+        else:
+            del self._perUser[folder.user]
             self._subscriptions.pop(folder.user)()
         if not self._folders and self._notifier is not None:
             notifier, self._notifier = self._notifier, None
@@ -356,14 +401,13 @@ class MaildirWatcher:
         """
         if user in self._subscriptions:
             return
+        self._subscriptions[user] = self._backend.notifier.subscribe(user, self._heard)
 
-        def heard(change: FolderChange) -> None:
-            for folderId in change.folderIds:
-                folder = self._folders.get((change.user, folderId))
-                if folder is not None:
-                    folder.announced = True
-
-        self._subscriptions[user] = self._backend.notifier.subscribe(user, heard)
+    def _heard(self, change: FolderChange) -> None:
+        for folderId in change.folderIds:
+            folder = self._folders.get((change.user, folderId))
+            if folder is not None:
+                folder.announced = True
 
     def _getNotifier(self) -> _Notifier:
         if self._notifier is None:
@@ -377,12 +421,14 @@ class MaildirWatcher:
         Make sure C{new/} and C{cur/} of C{path} are watched; return
         whether a watch was added.
         """
+        if folder.path != path:
+            self._unwatchDirs(folder)
+            folder.path = path
         added = False
         for sub in _SUBDIRS:
-            target = FilePath(path).child(sub)
-            if folder.paths.get(sub) == target:
+            if (folder.newWd if sub == "new" else folder.curWd) is not None:
                 continue
-            self._unwatchDir(folder, sub)
+            target = FilePath(path).child(sub)
             try:
                 wd = self._getNotifier().watch(target, MASK)
             except INotifyError as e:
@@ -394,23 +440,25 @@ class MaildirWatcher:
                 )
                 self._schedule(folder, RETRY)
                 continue
-            folder.wds[sub] = wd
-            folder.paths[sub] = target
-            self._byWd[wd] = (folder, sub)
+            folder.setWd(sub, wd)
+            self._byWd[wd] = folder
             added = True
         return added
 
     def _unwatchDir(self, folder: _Folder, sub: str) -> None:
-        wd = folder.wds.pop(sub, None)
-        path = folder.paths.pop(sub, None)
-        if wd is not None and self._byWd.get(wd, (None,))[0] is folder:
+        wd = folder.newWd if sub == "new" else folder.curWd
+        if wd is None:
+            return
+        folder.setWd(sub, None)
+        if self._byWd.get(wd) is folder:
             del self._byWd[wd]
-        if path is not None and self._notifier is not None:
-            self._notifier.unwatch(path)
+        if self._notifier is not None:
+            self._notifier.unwatch(wd)
 
     def _unwatchDirs(self, folder: _Folder) -> None:
         for sub in _SUBDIRS:
             self._unwatchDir(folder, sub)
+        folder.path = None
 
     # events
 
@@ -421,10 +469,10 @@ class MaildirWatcher:
                 if not folder.ended:
                     self._schedule(folder)
             return
-        found = self._byWd.get(wd)
-        if found is None:
+        folder = self._byWd.get(wd)
+        if folder is None:
             return
-        folder, sub = found
+        sub = "new" if folder.newWd == wd else "cur"
         if mask & _ENDS:
             # This directory is gone (or moved): its watch is over. The
             # rescan finds out whether the folder is.
@@ -437,8 +485,8 @@ class MaildirWatcher:
         self._notifier = None
         self._byWd.clear()
         for folder in self._folders.values():
-            folder.wds.clear()
-            folder.paths.clear()
+            folder.newWd = folder.curWd = None
+            folder.path = None
         now = self._clock.seconds()
         # Lost again soon after: don't spin.
         delay = RETRY if self._lastLost is not None and now - self._lastLost < RETRY else 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Mapping, Optional, Tuple
 
+from twisted.internet.defer import Deferred
+
 import attrs
 from twisted.logger import Logger
 
@@ -47,10 +49,24 @@ def errorResponse(code: int, message: str) -> Response:
     return Response(code, message.encode("utf-8") + b"\n", "text/plain; charset=utf-8")
 
 
-Handler = Callable[[EASRequest, Optional[wbxml.Element], bytes], Awaitable[Response]]
+@attrs.frozen
+class Pending:
+    """
+    An answer that comes later. A command that waits long (a Ping) hands
+    this back instead of awaiting in its coroutine: what then waits is a
+    L{Deferred} and its callbacks, not the coroutine frames of every layer
+    and the machinery that drives them, for each of thousands of devices.
+    Cancelling C{deferred} ends the wait.
+    """
+
+    deferred: "Deferred[Response]"
+
+
+Handler = Callable[[EASRequest, Optional[wbxml.Element], bytes], "Awaitable[Response | Pending]"]
 """
 A command handler: the request, its decoded WBXML document (L{None} for an
 empty or non-WBXML body) and the raw body (for C{message/rfc822} bodies).
+It answers with a L{Response}, or a L{Pending} one.
 """
 
 
@@ -96,6 +112,22 @@ class Dispatcher:
         @param header: looks up a request header (C{None} if absent).
         @param body: the request body, already decompressed.
         """
+        answer = await self.begin(query, header, user, body)
+        if isinstance(answer, Pending):
+            return await answer.deferred
+        return answer
+
+    async def begin(
+        self,
+        query: bytes,
+        header: Callable[[str], Optional[str]],
+        user: str,
+        body: bytes,
+    ) -> "Response | Pending":
+        """
+        Like L{dispatch}, but a command that waits answers with a
+        L{Pending} at once: what the web adapter uses.
+        """
         try:
             request = parseRequest(query, header, user)
         except BadRequest as e:
@@ -126,7 +158,9 @@ class Dispatcher:
                 return errorResponse(400, f"malformed WBXML: {e}")
         _auditUser(request)
         response = await handler(request, document, body)
-        _auditAnswer(request, response)
+        if not isinstance(response, Pending):
+            # A waiting Ping's answer is 1 or 2, never a refusal.
+            _auditAnswer(request, response)
         return response
 
 
@@ -203,6 +237,7 @@ def _auditAnswer(request: EASRequest, response: Response) -> None:
 __all__ = [
     "Dispatcher",
     "Handler",
+    "Pending",
     "Response",
     "WBXML_TYPE",
     "errorResponse",

@@ -10,6 +10,7 @@ or partial Ping reuses them.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import FrozenSet, List, Optional, Tuple
 
 from twisted.logger import Logger
@@ -17,7 +18,7 @@ from twisted.logger import Logger
 from .. import wbxml
 from ..wbxml import E
 from .core import Services, dumps, loads
-from .dispatch import Response, wbxmlResponse
+from .dispatch import Pending, Response, wbxmlResponse
 from .folders import loadHierarchy
 from .request import EASRequest
 from .sync import pendingChanges, stateKey
@@ -56,11 +57,19 @@ async def changedFolders(services: Services, request: EASRequest, folderIds: Fro
     A folder the device never synced is left out (it would ask the device to
     sync something it does not want, and Horde saw iOS loop on that).
     """
-    mailbox = await services.mailbox(request.user)
+    return await _changedFor(services, request.user, request.deviceId, folderIds)
+
+
+async def _changedFor(services: Services, user: str, deviceId: str, folderIds: FrozenSet[str]) -> FrozenSet[str]:
+    """
+    L{changedFolders} by user and device: what a waiting Ping keeps to
+    verify changes, rather than its whole parsed request.
+    """
+    mailbox = await services.mailbox(user)
     now = services.clock.seconds()
     changed = set()
     for folderId in folderIds:
-        state = loads(await services.store.load(request.user, request.deviceId, stateKey(folderId)))
+        state = loads(await services.store.load(user, deviceId, stateKey(folderId)))
         if state is None:
             continue
         filterValue = state.get("filter", 0)
@@ -72,7 +81,7 @@ async def changedFolders(services: Services, request: EASRequest, folderIds: Fro
 
 async def ping(
     services: Services, request: EASRequest, document: Optional[wbxml.Element], body: bytes
-) -> Response:
+) -> "Response | Pending":
     if services.hub is None:
         return _status(SERVER_ERROR)
     # The heartbeat runs from the request's arrival: under load the state
@@ -90,19 +99,29 @@ async def ping(
     if not changed:
         log.debug(
             "{user} device {device} pings {count} folders for {heartbeat}s",
-            user=request.user, device=request.deviceId, count=len(folders), heartbeat=heartbeat,
+            user=request.user, device=request.deviceId, count=len(order), heartbeat=heartbeat,
         )
-        result = await services.hub.wait(
+        waiting = services.hub.wait(
             request.user,
             request.deviceId,
             folderIds,
             heartbeat - answerMargin(heartbeat) - (services.clock.seconds() - arrived),
-            lambda touched: changedFolders(services, request, touched),
+            partial(_changedFor, services, request.user, request.deviceId),
         )
-        if not result:
-            # The heartbeat ended, or a newer request took over.
-            return _status(EXPIRED)
-        changed = result
+        # The wait may last an hour, for thousands of devices at once: it
+        # is a Deferred and one callback, not this coroutine.
+        return Pending(waiting.addCallback(_waited, order))
+    return _changed(changed, order)
+
+
+def _waited(result: Optional[FrozenSet[str]], order: List[str]) -> Response:
+    if not result:
+        # The heartbeat ended, or a newer request took over.
+        return _status(EXPIRED)
+    return _changed(result, order)
+
+
+def _changed(changed: FrozenSet[str], order: List[str]) -> Response:
     return _status(CHANGED, E("Folders", *(E("Folder", folderId) for folderId in order if folderId in changed)))
 
 
