@@ -182,6 +182,20 @@ def serverCommand(data: str, port: int, logfile: str, tlsFiles: Optional[Tuple[s
     ]
 
 
+def logTail(command: List[str]) -> str:
+    """
+    The end of the server's log file, to say why it did not start.
+    """
+    for arg in command:
+        if arg.startswith("--logfile="):
+            try:
+                with open(arg.partition("=")[2], errors="replace") as f:
+                    return f.read()[-1500:]
+            except OSError:
+                break
+    return ""
+
+
 def startServer(command: List[str], port: int, deadline: float) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -189,7 +203,9 @@ def startServer(command: List[str], port: int, deadline: float) -> subprocess.Po
     limit = min(deadline, time.monotonic() + STARTUP_SECONDS)
     while time.monotonic() < limit:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}{logTail(command)}"
+            )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return proc

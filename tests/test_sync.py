@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
+from twisted.internet.defer import Deferred
+
 from directpush.model import Flag, FolderType
 from directpush.protocol import sync
 from directpush.protocol.core import dumps
@@ -226,3 +228,38 @@ class RenderAheadTests(CommandTestCase):
         self.assertEqual(len(self.services.aheads), 1)
         self.clock.advance(sync.AHEAD_SECONDS)
         self.assertEqual(self.services.aheads, {})
+
+    def test_overtaken(self) -> None:
+        """
+        A chunk being read ahead when the device's next Sync comes is not
+        rendered: that Sync renders what it needs itself.
+        """
+        for n in range(6):
+            self.deliver(f"m{n}")
+        # Reads to let through before holding one; -1: hold none.
+        holding = [-1]
+        held: List[Any] = []
+        real = self.mailbox.messagesData
+
+        def maybeHeld(folderId: str, uids: Any) -> Any:
+            d = real(folderId, uids)
+            holding[0] -= 1
+            if holding[0] != -1:
+                return d
+            waiting: Deferred[Any] = Deferred()
+            held.append((waiting, self.successResultOf(d)))
+            return waiting
+
+        self.patch(self.mailbox, "messagesData", maybeHeld)
+        self.drive(self.phone.sync(self.inbox))
+        self.drive(self.phone.sync(self.inbox, windowSize=2))
+        self.assertEqual(len(self.rendered), 4)
+        holding[0] = 1  # the Sync's own read passes, the one ahead waits
+        self.drive(self.phone.sync(self.inbox, windowSize=2))
+        self.assertEqual((len(self.rendered), len(held)), (4, 1))
+        self.drive(self.phone.sync(self.inbox, windowSize=2))
+        self.assertEqual(len(self.rendered), 6)
+        waiting, result = held[0]
+        waiting.callback(result)
+        self.assertEqual(len(self.rendered), 6)
+        self.assertEqual(len(self.phone.mirror(self.inbox)), 6)

@@ -462,6 +462,8 @@ async def _renderAhead(
             raws = await mailbox.messagesData(folder.id, [info.uid for info in chunk])
         except MailboxError:
             return
+        if services.aheads.get(key) is not ahead:
+            return  # the Sync came while this chunk was read: it renders its own
         jobs = [jobFor(raws[info.uid], info, folder.id, options) for info in chunk if info.uid in raws]
         del raws
         if jobs:
