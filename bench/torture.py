@@ -558,17 +558,24 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
             s.close()
         out["connections"] = {"opened": len(many), "refused503": refused, "otherServed": other}
 
-        # Thousands of Pings from one user (distinct devices), at once.
-        pingBody = wbxml.encode(E("Ping:Ping", E("HeartbeatInterval", "120"), E("Folders", E(
-            "Folder", E("Id", alice.folderOfType(2)), E("Class", "Email")))))
+        # Thousands of Pings from one user: 40 devices that have synced
+        # their Inbox (so each Ping would wait), the Pings round-robin.
+        devices = [setUpPhone(server.port, A, f"pingdev{i}", provision=False) for i in range(40 if not quick else 20)]
         raws = []
         for i in range(2000 if not quick else 600):
-            target = hostile.Target(A, PASSWORDS[A], f"pingdev{i}")
-            raws.append(hostile.request(target, hostile.plainQuery(target, "Ping"), pingBody))
-        # B waits on a Ping meanwhile; mail for B must wake it.
-        bobPing = hostile.Target(B, PASSWORDS[B], bob.deviceId)
+            phone = devices[i % len(devices)]
+            target = hostile.Target(A, PASSWORDS[A], phone.deviceId)
+            body = wbxml.encode(E("Ping:Ping", E("HeartbeatInterval", "120"), E("Folders", E(
+                "Folder", E("Id", phone.folderOfType(2)), E("Class", "Email")))))
+            raws.append(hostile.request(target, hostile.plainQuery(target, "Ping"), body))
+        pingBody = wbxml.encode(E("Ping:Ping", E("HeartbeatInterval", "120"), E("Folders", E(
+            "Folder", E("Id", alice.folderOfType(2)), E("Class", "Email")))))
+        # B waits on a Ping meanwhile (its own device); mail for B must
+        # wake it.
+        bobPinger = setUpPhone(server.port, B, "bobping", provision=False)
+        bobPing = hostile.Target(B, PASSWORDS[B], bobPinger.deviceId)
         bobBody = wbxml.encode(E("Ping:Ping", E("HeartbeatInterval", "120"), E("Folders", E(
-            "Folder", E("Id", bob.folderOfType(2)), E("Class", "Email")))))
+            "Folder", E("Id", bobPinger.folderOfType(2)), E("Class", "Email")))))
         result: Dict[str, Any] = {}
 
         def bobWaits() -> None:
@@ -576,16 +583,16 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
             code, _, answer = exchange(server.port, hostile.request(bobPing, hostile.plainQuery(bobPing, "Ping"), bobBody), 60,
                                        source="127.0.0.6")
             result["bob"] = (code, wbxml.decode(answer).findtext("Status") if code == 200 and answer else None,
-                             time.monotonic() - began)
+                             round(time.monotonic() - began, 1))
 
         waiter = threading.Thread(target=bobWaits)
         waiter.start()
         time.sleep(1)
-        pings = blast(server.port, raws, 6, source="127.0.0.7")
+        pings = blast(server.port, raws, 8, source="127.0.0.7")
         delivered = time.monotonic()
         deliver(data, B, "wakeup", 999)
         waiter.join(70)
-        out["pings"] = {"n": len(raws), "codes": dict(collections.Counter(pings)),
+        out["pings"] = {"n": len(raws), "devices": len(devices), "codes": dict(collections.Counter(pings)),
                         "bob": result.get("bob"), "bobAfterMail": time.monotonic() - delivered}
         # Those waiting Pings end when their connections close (blast did).
 
@@ -693,16 +700,17 @@ def main() -> int:
             good = (r["slowloris"]["cut408"] == r["slowloris"]["n"] and r["slowbody"]["cut408"] == r["slowbody"]["n"]
                     and r["connections"]["refused503"] == r["connections"]["opened"] - 200
                     and r["connections"]["otherServed"] == 200 and set(r["probe"]["codes"]) == {200}
-                    and 500 not in p["codes"] and bobOk and not r["bad"] and r["alive"])
+                    and set(p["codes"]) <= {200, 503, 0} and p["codes"].get(0, 0) <= 30
+                    and bobOk and not r["bad"] and r["alive"])
             ok &= good
             rows.append(("4 abuse", f"{r['slowloris']['n']} header tricklers, {r['slowbody']['n']} body tricklers, "
-                         f"{r['connections']['opened']} connections from one address, {p['n']} Pings from one user, "
+                         f"{r['connections']['opened']} connections from one address, {p['n']} Pings from one user's {p['devices']} devices, "
                          f"400 Pings + 300 Syncs of one device in a loop; B syncing every 0.25 s",
                          f"tricklers cut with 408: {r['slowloris']['cut408']}/{r['slowloris']['n']} "
                          f"(held at most {r['slowloris']['maxHeld']:.0f} s), {r['slowbody']['cut408']}/{r['slowbody']['n']} "
                          f"(at most {r['slowbody']['maxHeld']:.0f} s); connections refused 503: {r['connections']['refused503']}, "
-                         f"other address served {r['connections']['otherServed']}; Pings {p['codes']}; "
-                         f"B's Ping {p['bob']}; loop Pings {r['tight']['pingCodes']}, Syncs {r['tight']['syncCodes']} "
+                         f"other address served {r['connections']['otherServed']}; Pings {p['codes']} (0: still waiting); "
+                         f"B's Ping (code, status, s) {p['bob']}; loop Pings {r['tight']['pingCodes']}, Syncs {r['tight']['syncCodes']} "
                          f"Retry-After {r['tight']['retryAfter']}; B's syncs {r['probe']['codes']} median "
                          f"{r['probe']['median'] * 1000:.0f} ms max {r['probe']['max'] * 1000:.0f} ms; "
                          f"logged 503 {r['logged503']}, 408 {r['logged408']}, refused connections {r['loggedConn']}; "
