@@ -65,6 +65,7 @@ from tests import hostile  # noqa: E402
 from tests.phone import Phone  # noqa: E402
 
 A, B, M = "alice@example.org", "bob@example.org", "mallory@example.org"
+CAROL = "carol@example.org"
 PASSWORDS = {A: "alice-pw", B: "bob-pw", M: "mallory-pw"}
 SECRET = b"SECRET-B"
 MAX_BODY = 64 * 1024
@@ -105,7 +106,10 @@ def deliver(data: str, user: str, marker: str, n: int, folder: str = "") -> None
 
 def prepareData(data: str) -> None:
     os.makedirs(data, mode=0o700)
-    auth.writePasswd(FilePath(os.path.join(data, "users")), {u: "{PLAIN}" + p for u, p in PASSWORDS.items()})
+    users = {u: "{PLAIN}" + p for u, p in PASSWORDS.items()}
+    # A user with the real iterated hash, for the password-guessing flood.
+    users[CAROL] = auth.hashPassword("carol-pw")
+    auth.writePasswd(FilePath(os.path.join(data, "users")), users)
     counts = {A: 10, B: 40, M: 10}
     markers = {A: "alice", B: SECRET.decode(), M: "mallory"}
     for user, count in counts.items():
@@ -179,12 +183,20 @@ class Server:
                     return int(line.split()[1]) / 1024
         return float("nan")
 
+    def logFiles(self) -> List[str]:
+        # twistd rotates its log every megabyte: name.log.1, .2 ...
+        directory, name = os.path.split(self.log)
+        return [os.path.join(directory, f) for f in os.listdir(directory) if f == name or f.startswith(name + ".")]
+
     def logText(self) -> str:
-        with open(self.log, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        parts = []
+        for path in self.logFiles():
+            with open(path, encoding="utf-8", errors="replace") as f:
+                parts.append(f.read())
+        return "".join(parts)
 
     def logSize(self) -> int:
-        return os.path.getsize(self.log)
+        return sum(os.path.getsize(p) for p in self.logFiles())
 
     def badLogLines(self) -> List[str]:
         return [line for line in self.logText().splitlines() if "Traceback" in line or "Unhandled" in line]
@@ -293,17 +305,21 @@ def syncAllFolders(phone: Phone) -> Dict[str, int]:
     return out
 
 
-def blast(port: int, raws: List[bytes], wait: float, source: str = "127.0.0.1") -> List[int]:
+def blast(port: int, raws: List[bytes], wait: float, source: "str | List[str]" = "127.0.0.1") -> List[int]:
     """
-    Open one connection per request, all at once, send them, and collect
-    each final status within C{wait} seconds (0: still open, no answer;
-    -1: closed without an answer).
+    Open one connection per request, a hundred every 0.1 s (the listen
+    backlog is small), send them, and collect each final status within
+    C{wait} seconds (0: still open, no answer; -1: closed without an
+    answer). C{source}: the local address(es), in turn.
     """
     sel = selectors.DefaultSelector()
     socks = []
+    sources = [source] if isinstance(source, str) else source
     for index, raw in enumerate(raws):
+        if index and index % 100 == 0:
+            time.sleep(0.1)
         s = socket.socket()
-        s.bind((source, 0))
+        s.bind((sources[index % len(sources)], 0))
         s.setblocking(False)
         s.connect_ex(("127.0.0.1", port))
         socks.append(s)
@@ -558,6 +574,15 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
             s.close()
         out["connections"] = {"opened": len(many), "refused503": refused, "otherServed": other}
 
+        # Password guessing: wrong passwords for a user with the iterated
+        # hash, all at once.
+        carol = hostile.Target(CAROL, "x")
+        guesses = [hostile.request(carol, hostile.plainQuery(carol, "FolderSync"), b"",
+                                   authorization=hostile.basic(CAROL, f"guess{i}")) for i in range(1000 if not quick else 300)]
+        began = time.monotonic()
+        guessed = blast(server.port, guesses, 60, source="127.0.0.9")
+        out["guessing"] = {"n": len(guesses), "codes": dict(collections.Counter(guessed)), "seconds": time.monotonic() - began}
+
         # Thousands of Pings from one user: 40 devices that have synced
         # their Inbox (so each Ping would wait), the Pings round-robin.
         devices = [setUpPhone(server.port, A, f"pingdev{i}", provision=False) for i in range(40 if not quick else 20)]
@@ -588,7 +613,7 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
         waiter = threading.Thread(target=bobWaits)
         waiter.start()
         time.sleep(1)
-        pings = blast(server.port, raws, 8, source="127.0.0.7")
+        pings = blast(server.port, raws, 15, source=[f"127.0.0.{i}" for i in range(20, 40)])
         delivered = time.monotonic()
         deliver(data, B, "wakeup", 999)
         waiter.join(70)
@@ -701,16 +726,17 @@ def main() -> int:
                     and r["connections"]["refused503"] == r["connections"]["opened"] - 200
                     and r["connections"]["otherServed"] == 200 and set(r["probe"]["codes"]) == {200}
                     and set(p["codes"]) <= {200, 503, 0} and p["codes"].get(0, 0) <= 30
-                    and bobOk and not r["bad"] and r["alive"])
+                    and bobOk and not r["bad"] and r["alive"] and set(r["guessing"]["codes"]) == {401})
             ok &= good
             rows.append(("4 abuse", f"{r['slowloris']['n']} header tricklers, {r['slowbody']['n']} body tricklers, "
                          f"{r['connections']['opened']} connections from one address, {p['n']} Pings from one user's {p['devices']} devices, "
-                         f"400 Pings + 300 Syncs of one device in a loop; B syncing every 0.25 s",
+                         f"{r['guessing']['n']} wrong passwords at once, 400 Pings + 300 Syncs of one device in a loop; "
+                         f"B syncing every 0.25 s",
                          f"tricklers cut with 408: {r['slowloris']['cut408']}/{r['slowloris']['n']} "
                          f"(held at most {r['slowloris']['maxHeld']:.0f} s), {r['slowbody']['cut408']}/{r['slowbody']['n']} "
                          f"(at most {r['slowbody']['maxHeld']:.0f} s); connections refused 503: {r['connections']['refused503']}, "
                          f"other address served {r['connections']['otherServed']}; Pings {p['codes']} (0: still waiting); "
-                         f"B's Ping (code, status, s) {p['bob']}; loop Pings {r['tight']['pingCodes']}, Syncs {r['tight']['syncCodes']} "
+                         f"B's Ping (code, status, s) {p['bob']}; guesses {r['guessing']['codes']} in {r['guessing']['seconds']:.1f} s; loop Pings {r['tight']['pingCodes']}, Syncs {r['tight']['syncCodes']} "
                          f"Retry-After {r['tight']['retryAfter']}; B's syncs {r['probe']['codes']} median "
                          f"{r['probe']['median'] * 1000:.0f} ms max {r['probe']['max'] * 1000:.0f} ms; "
                          f"logged 503 {r['logged503']}, 408 {r['logged408']}, refused connections {r['loggedConn']}; "

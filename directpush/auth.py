@@ -46,10 +46,19 @@ VERIFIED_TTL = 15 * 60.0
 #: How long a wrong password is remembered: a phone left with an old
 #: password retries it all day, and each check costs the iterated hash.
 FAILED_TTL = 5 * 60.0
-#: Iterated-hash checks in progress at once; beyond, logins are refused at
-#: once rather than queued, so that a flood of guesses cannot hold the
-#: thread pool (which also reads mail) or pile up without bound.
-MAX_CHECKING = 16
+#: Iterated-hash checks in progress at once; beyond, the login is answered
+#: 503 with Retry-After (L{ChecksBusy}) rather than queued, so that a flood
+#: of guesses cannot take every thread of the pool (which also reads mail)
+#: or pile up without bound. The server's pool has four threads.
+MAX_CHECKING = 3
+
+
+class ChecksBusy(UnauthorizedLogin):
+    """
+    Too many password checks are in progress: try again shortly. The web
+    layer answers 503 with Retry-After, not 401, so that phones do not ask
+    their users for the password.
+    """
 
 
 def validUserName(name: str) -> bool:
@@ -225,11 +234,11 @@ class PasswdChecker:
             raise UnauthorizedLogin()
         if self._checking >= self.maxChecking:
             log.warn(
-                "authentication refused for {user}: {count} password checks already in progress",
+                "authentication of {user} deferred: {count} password checks already in progress",
                 user=name,
                 count=self._checking,
             )
-            raise UnauthorizedLogin()
+            raise ChecksBusy()
         self._checking += 1
         try:
             ok = await self._runBlocking(lambda: verifyPassword(password, stored))

@@ -22,6 +22,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .protocol.dispatch import Dispatcher, Response, errorResponse
+from .auth import ChecksBusy
 from .throttle import ConnectionGuard, Throttle
 
 ENDPOINT = b"microsoft-server-activesync"
@@ -233,6 +234,28 @@ class LimitedRequest(Request):
             self.channel.loseConnection()
 
 
+class _AuthWrapper(HTTPAuthSessionWrapper):
+    """
+    Basic authentication that answers 503 with Retry-After, not 401, when
+    the password could not be checked for lack of capacity.
+    """
+
+    def _loginFailed(self, result: Failure) -> IResource:
+        if result.check(ChecksBusy):
+            return _Busy()
+        return super()._loginFailed(result)  # type: ignore[no-any-return]
+
+
+class _Busy(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(503)
+        request.setHeader(b"Retry-After", b"5")
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"too many logins at once; retry shortly\n"
+
+
 def buildSite(
     portal: Portal,
     reactor: IReactorTime,
@@ -247,7 +270,7 @@ def buildSite(
     @param guard: if given, deadlines for receiving requests and the cap on
         connections per peer (L{directpush.throttle}).
     """
-    guarded = HTTPAuthSessionWrapper(portal, [BasicCredentialFactory(realmName)])
+    guarded = _AuthWrapper(portal, [BasicCredentialFactory(realmName)])
     site = Site(RootResource(guarded), reactor=reactor)
     site.displayTracebacks = False
     site.requestFactory = _requestFactory(maxBody)

@@ -211,7 +211,8 @@ class CheckerTests(SynchronousTestCase):
         """
         Regression (torture suite): password checks queued without bound
         behind the thread pool. Beyond maxChecking hashes in progress, a
-        login is refused at once (logged); when they finish, checks resume.
+        login fails at once with ChecksBusy (logged); when they finish,
+        checks resume.
         """
         pending: list = []
 
@@ -233,6 +234,7 @@ class CheckerTests(SynchronousTestCase):
                 checker.requestAvatarId(UsernamePassword(b"alice@x.org", b"guess%d" % n)).addErrback(refused.append)
             runPending()  # the file reads: two hashes start, the third is refused
         self.assertEqual((len(pending), len(refused)), (2, 1))
+        refused[0].trap(auth.ChecksBusy)
         self.assertTrue([e for e in events if "password checks already in progress" in e["log_format"]])
         runPending()
         self.assertEqual(len(refused), 3)
