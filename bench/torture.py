@@ -470,7 +470,8 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
         bob = setUpPhone(server.port, B, "bobphone2", provision=False)
         alice = setUpPhone(server.port, A, "alicephone2", provision=False)
         rss = [server.rssMB()]
-        probe: Dict[str, Any] = {"codes": collections.Counter(), "latency": []}
+        probe: Dict[str, Any] = {"codes": collections.Counter(), "latency": [], "worst": {}}
+        phase = ["start"]
         stop = threading.Event()
 
         def probeLoop() -> None:
@@ -481,7 +482,9 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
                     probe["codes"][200] += 1
                 except Exception as e:  # noqa: BLE001 (counted and reported)
                     probe["codes"][type(e).__name__ + str(e)[:40]] += 1
-                probe["latency"].append(time.monotonic() - began)
+                took = time.monotonic() - began
+                probe["latency"].append(took)
+                probe["worst"][phase[0]] = max(probe["worst"].get(phase[0], 0.0), round(took, 2))
                 stop.wait(0.25)
 
         prober = threading.Thread(target=probeLoop, daemon=True)
@@ -511,6 +514,7 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
             s.close()
             return time.monotonic() - began, got
 
+        phase[0] = "slowloris"
         body = b"\x03\x01\x6a\x00" + b"x" * 200
         ping = hostile.request(t, hostile.plainQuery(t, "Ping"), body)
         split = len(ping) - len(body)
@@ -554,6 +558,7 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
         out["slowbody"] = {"n": len(socks), "cut408": sum(1 for a in bodies if a.startswith(b"HTTP/1.1 408")),
                            "maxHeld": max(held)}
 
+        phase[0] = "connections"
         # Many connections from one address: idle ones held open.
         many = []
         refused = 0
@@ -574,15 +579,17 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
             s.close()
         out["connections"] = {"opened": len(many), "refused503": refused, "otherServed": other}
 
+        phase[0] = "guessing"
         # Password guessing: wrong passwords for a user with the iterated
         # hash, all at once.
         carol = hostile.Target(CAROL, "x")
         guesses = [hostile.request(carol, hostile.plainQuery(carol, "FolderSync"), b"",
                                    authorization=hostile.basic(CAROL, f"guess{i}")) for i in range(1000 if not quick else 300)]
         began = time.monotonic()
-        guessed = blast(server.port, guesses, 60, source="127.0.0.9")
+        guessed = blast(server.port, guesses, 60, source=[f"127.0.0.{i}" for i in range(40, 60)])
         out["guessing"] = {"n": len(guesses), "codes": dict(collections.Counter(guessed)), "seconds": time.monotonic() - began}
 
+        phase[0] = "pings"
         # Thousands of Pings from one user: 40 devices that have synced
         # their Inbox (so each Ping would wait), the Pings round-robin.
         devices = [setUpPhone(server.port, A, f"pingdev{i}", provision=False) for i in range(40 if not quick else 20)]
@@ -621,6 +628,7 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
                         "bob": result.get("bob"), "bobAfterMail": time.monotonic() - delivered}
         # Those waiting Pings end when their connections close (blast did).
 
+        phase[0] = "loops"
         # One device in a tight loop: Ping, and Sync.
         loop = hostile.Target(A, PASSWORDS[A], alice.deviceId)
         tight = blast(server.port, [hostile.request(loop, hostile.plainQuery(loop, "Ping"), pingBody)] * 400, 10, "127.0.0.8")
@@ -637,7 +645,8 @@ def abuseGroup(data: str, quick: bool) -> Dict[str, Any]:
         prober.join(10)
         rss.append(server.rssMB())
         lat = sorted(probe["latency"]) or [float("nan")]
-        out["probe"] = {"codes": dict(probe["codes"]), "n": len(lat), "median": lat[len(lat) // 2], "max": lat[-1]}
+        out["probe"] = {"codes": dict(probe["codes"]), "n": len(lat), "median": lat[len(lat) // 2], "max": lat[-1],
+                        "worst": probe["worst"]}
         out["rss"] = rss
         out["bad"] = server.badLogLines()
         out["alive"] = server.alive()
@@ -726,7 +735,7 @@ def main() -> int:
                     and r["connections"]["refused503"] == r["connections"]["opened"] - 200
                     and r["connections"]["otherServed"] == 200 and set(r["probe"]["codes"]) == {200}
                     and set(p["codes"]) <= {200, 503, 0} and p["codes"].get(0, 0) <= 30
-                    and bobOk and not r["bad"] and r["alive"] and set(r["guessing"]["codes"]) == {401})
+                    and bobOk and not r["bad"] and r["alive"] and set(r["guessing"]["codes"]) <= {401, 503})
             ok &= good
             rows.append(("4 abuse", f"{r['slowloris']['n']} header tricklers, {r['slowbody']['n']} body tricklers, "
                          f"{r['connections']['opened']} connections from one address, {p['n']} Pings from one user's {p['devices']} devices, "
@@ -738,7 +747,7 @@ def main() -> int:
                          f"other address served {r['connections']['otherServed']}; Pings {p['codes']} (0: still waiting); "
                          f"B's Ping (code, status, s) {p['bob']}; guesses {r['guessing']['codes']} in {r['guessing']['seconds']:.1f} s; loop Pings {r['tight']['pingCodes']}, Syncs {r['tight']['syncCodes']} "
                          f"Retry-After {r['tight']['retryAfter']}; B's syncs {r['probe']['codes']} median "
-                         f"{r['probe']['median'] * 1000:.0f} ms max {r['probe']['max'] * 1000:.0f} ms; "
+                         f"{r['probe']['median'] * 1000:.0f} ms, worst per phase (s) {r['probe']['worst']}; "
                          f"logged 503 {r['logged503']}, 408 {r['logged408']}, refused connections {r['loggedConn']}; "
                          f"Traceback lines {len(r['bad'])}; alive {r['alive']}; RSS {fmt(r['rss'])}", good))
     except OverallTimeout as e:
