@@ -37,7 +37,6 @@ socket timeouts everywhere; servers are stopped at the end.
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import os
 import selectors
