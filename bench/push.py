@@ -127,7 +127,9 @@ class Server:
             command = [
                 sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "-n", "--pidfile=", f"--logfile={self.log}",
-                "directpush", "--data", data, "--listen", listen, "--policy", "none", *extra,
+                "directpush", "--data", data, "--listen", listen, "--policy", "none",
+                # Its load comes from a few source addresses, thousands each.
+                "--peer-connections", "0", *extra,
             ]
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -43,6 +43,22 @@ SCRAM_ITERATIONS = 100_000
 #: How long a verified password is remembered, so that a phone's steady
 #: stream of requests does not pay the iterated hash each time.
 VERIFIED_TTL = 15 * 60.0
+#: How long a wrong password is remembered: a phone left with an old
+#: password retries it all day, and each check costs the iterated hash.
+FAILED_TTL = 5 * 60.0
+#: Iterated-hash checks in progress at once; beyond, the login is answered
+#: 503 with Retry-After (L{ChecksBusy}) rather than queued, so that a flood
+#: of guesses cannot take every thread of the pool (which also reads mail)
+#: or pile up without bound. The server's pool has four threads.
+MAX_CHECKING = 3
+
+
+class ChecksBusy(UnauthorizedLogin):
+    """
+    Too many password checks are in progress: try again shortly. The web
+    layer answers 503 with Retry-After, not 401, so that phones do not ask
+    their users for the password.
+    """
 
 
 def validUserName(name: str) -> bool:
@@ -184,6 +200,9 @@ class PasswdChecker:
     _clock: IReactorTime
     _key: bytes = attrs.field(factory=lambda: secrets.token_bytes(32))
     _verified: Dict[str, Tuple[str, bytes, float]] = attrs.field(factory=dict)
+    _failed: Dict[str, Tuple[str, bytes, float]] = attrs.field(factory=dict)
+    _checking: int = 0
+    maxChecking: int = MAX_CHECKING
 
     async def _check(self, credentials: IUsernamePassword) -> bytes:
         try:
@@ -209,14 +228,32 @@ class PasswdChecker:
             and hmac.compare_digest(cached[1], digest)
         ):
             return name.encode("utf-8")
+        failed = self._failed.get(name)
+        if failed is not None and failed[0] == stored and failed[2] > now and hmac.compare_digest(failed[1], digest):
+            log.warn("authentication failed: wrong password for {user} (the same again)", user=name)
+            raise UnauthorizedLogin()
+        if self._checking >= self.maxChecking:
+            log.warn(
+                "authentication of {user} deferred: {count} password checks already in progress",
+                user=name,
+                count=self._checking,
+            )
+            raise ChecksBusy()
+        self._checking += 1
         try:
             ok = await self._runBlocking(lambda: verifyPassword(password, stored))
         except UnknownScheme as e:
             log.error("cannot check the password of {user}: {reason}", user=name, reason=str(e))
             raise UnauthorizedLogin()
+        finally:
+            self._checking -= 1
         if not ok:
             log.warn("authentication failed: wrong password for {user}", user=name)
+            if len(self._failed) > 100_000:
+                self._failed.clear()  # a bound on memory; forgetting costs a hash
+            self._failed[name] = (stored, digest, now + FAILED_TTL)
             raise UnauthorizedLogin()
+        self._failed.pop(name, None)
         self._verified[name] = (stored, digest, now + VERIFIED_TTL)
         return name.encode("utf-8")
 

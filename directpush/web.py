@@ -25,6 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from .auth import ChecksBusy
 from .protocol.dispatch import Dispatcher, Pending, Response, errorResponse
 from .throttle import ConnectionGuard, Throttle
 
@@ -275,7 +276,11 @@ class BasicGuard(Resource):
     def _loginFailed(self, failure: Failure, request: Request) -> None:
         if request.finished or request.channel is None:
             return
-        if failure.check(Unauthorized, LoginFailed):
+        if failure.check(ChecksBusy):
+            # Not 401: that would make phones ask their users for the
+            # password, when only the checks are too many at once.
+            body = _Busy().render(request)
+        elif failure.check(Unauthorized, LoginFailed):
             body = self._unauthorized(request)
         else:
             log.failure("authenticating a request failed", failure=failure)
@@ -366,6 +371,16 @@ class LimitedRequest(Request):
                 b"Connection: close\r\n\r\n"
             )
             self.channel.loseConnection()
+
+
+class _Busy(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(503)
+        request.setHeader(b"Retry-After", b"5")
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"too many logins at once; retry shortly\n"
 
 
 def buildSite(

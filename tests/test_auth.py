@@ -13,6 +13,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.filepath import FilePath
@@ -185,6 +186,62 @@ class CheckerTests(SynchronousTestCase):
         auth.writePasswd(self.path, {"alice@x.org": auth.hashPassword("new", iterations=1000)})
         self.failureResultOf(self.check(b"alice@x.org", b"R1ght-pass"), UnauthorizedLogin)
         self.successResultOf(self.check(b"alice@x.org", b"new"))
+
+    def test_failedCache(self) -> None:
+        """
+        Regression (torture suite): every wrong password cost the iterated
+        hash, so a phone with an old password (or a flood of guesses)
+        kept the thread pool busy. The same wrong password is refused
+        without hashing for FAILED_TTL; another one, the right one, or a
+        changed file are checked.
+        """
+        for _ in range(5):
+            self.failureResultOf(self.check(b"alice@x.org", b"Wr0ng-pass"), UnauthorizedLogin)
+        self.assertEqual(self.hashes, 1)
+        self.failureResultOf(self.check(b"alice@x.org", b"Other-wrong"), UnauthorizedLogin)
+        self.assertEqual(self.hashes, 2)
+        self.successResultOf(self.check(b"alice@x.org", b"R1ght-pass"))
+        self.assertEqual(self.hashes, 3)
+        self.failureResultOf(self.check(b"alice@x.org", b"Wr0ng-pass"), UnauthorizedLogin)
+        self.clock.advance(auth.FAILED_TTL + 1)
+        self.failureResultOf(self.check(b"alice@x.org", b"Wr0ng-pass"), UnauthorizedLogin)
+        self.assertEqual(self.hashes, 5)
+
+    def test_checksBounded(self) -> None:
+        """
+        Regression (torture suite): password checks queued without bound
+        behind the thread pool. Beyond maxChecking hashes in progress, a
+        login fails at once with ChecksBusy (logged); when they finish,
+        checks resume.
+        """
+        pending: list = []
+
+        def later(f):
+            d = Deferred()
+            pending.append((d, f))
+            return d
+
+        def runPending() -> None:
+            batch = pending[:]
+            del pending[:]
+            for d, f in batch:
+                d.callback(f())
+
+        checker = auth.PasswdChecker(auth.PasswdFile(self.path), later, self.clock, maxChecking=2)
+        refused = []
+        with capturedLogs() as events:
+            for n in range(3):
+                checker.requestAvatarId(UsernamePassword(b"alice@x.org", b"guess%d" % n)).addErrback(refused.append)
+            runPending()  # the file reads: two hashes start, the third is refused
+        self.assertEqual((len(pending), len(refused)), (2, 1))
+        refused[0].trap(auth.ChecksBusy)
+        self.assertTrue([e for e in events if "password checks already in progress" in e["log_format"]])
+        runPending()
+        self.assertEqual(len(refused), 3)
+        d = checker.requestAvatarId(UsernamePassword(b"alice@x.org", b"R1ght-pass"))
+        runPending()
+        runPending()
+        self.assertEqual(self.successResultOf(d), b"alice@x.org")
 
     def test_realm(self) -> None:
         """

@@ -54,7 +54,7 @@ class WebTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        path = FilePath(self.mktemp())
+        self.passwd = path = FilePath(self.mktemp())
         auth.writePasswd(path, {"alice@x.org": auth.hashPassword(PASSWORD.decode(), iterations=1000)})
         self.clock = Clock()
         self.seen: List[Tuple[EASRequest, Optional[wbxml.Element], bytes]] = []
@@ -352,6 +352,21 @@ class WebTests(SynchronousTestCase):
         """
         code, _, _ = self.send(headers={b"X-MS-PolicyKey": b"\xff\xfe"})
         self.assertEqual(code, 400)
+
+    def test_loginBusy(self) -> None:
+        """
+        When password checks are at capacity the answer is 503 with
+        Retry-After, not 401: phones retry instead of asking their user
+        for the password.
+        """
+        checker = auth.PasswdChecker(auth.PasswdFile(self.passwd), runNow, self.clock, maxChecking=0)
+        portal = Portal(auth.Realm(web.makeUserResource(Dispatcher({}), 4096)), [checker])
+        self.site = web.buildSite(portal, self.clock, maxBody=4096)
+        code, headers, _ = self.send()
+        self.assertEqual((code, headers.get("retry-after")), (503, "5"))
+        code, _, _ = self.send(authorization=b"Basic " + base64.b64encode(b"alice@x.org:wrong"))
+        self.assertEqual(code, 503)
+
 
 @implementer(ICredentialsChecker)
 class _SlowChecker:
