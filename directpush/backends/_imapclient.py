@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
 
 import attrs
-from twisted.internet import interfaces
+from twisted.internet import error, interfaces
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.mail.imap4 import Command, IllegalServerResponse, IMAP4Client, IMAP4Exception, parseNestedParens
@@ -330,12 +330,12 @@ class IMAPClient(IMAP4Client):
         super().lineReceived(line)
 
     def _defaultHandler(self, tag: bytes, rest: bytes) -> None:
-        if tag == b"*" and (self._idleTag is not None or not self.waiting):
+        if tag == b"*" and (self._idleTag is not None and self.waiting == self._idleTag or not self.waiting):
             # While idling the base class would keep these in the IDLE
             # command's lines until DONE; the backend needs them now.
             self._untagged(_safeParse(rest))
             return
-        if tag == b"+" and self._idleTag is not None:
+        if tag == b"+" and self._idleTag is not None and self.waiting == self._idleTag:
             if self._idleStarted is not None:
                 d, self._idleStarted = self._idleStarted, None
                 d.callback(None)
@@ -592,16 +592,29 @@ class IMAPClient(IMAP4Client):
 
     def idle(self) -> "Deferred[None]":
         """
-        Start IDLE (send it only when no other command is pending); fires
-        once the server has accepted it. Untagged responses go to
-        L{onUntagged} at once until L{done}.
+        Start IDLE (after any pending command); fires once the server has
+        accepted it. Untagged responses go to L{onUntagged} at once until
+        L{done}.
         """
-        assert not self.waiting, "IDLE needs the connection to itself"
         self._idleStarted = started = Deferred()
         cmd = _Collecting(b"IDLE", None, (), lambda line: None)
-        self._idleDone = self.sendCommand(cmd)
-        self._idleTag = self.waiting
+        self._idleCmd: Optional[Command] = cmd
+        # A connection lost while idling ends IDLE too: not an error here.
+        self._idleDone = self.sendCommand(cmd).addErrback(
+            lambda f: None if f.check(error.ConnectionLost, error.ConnectionDone) else f
+        )
+        self._noticeIdleSent()
         return started
+
+    def _noticeIdleSent(self) -> None:
+        cmd = getattr(self, "_idleCmd", None)
+        if cmd is not None and self.waiting is not None and self.tags.get(self.waiting) is cmd:
+            self._idleTag = self.waiting
+            self._idleCmd = None
+
+    def _flushQueue(self) -> None:
+        super()._flushQueue()
+        self._noticeIdleSent()
 
     def done(self) -> "Deferred[Result]":
         """

@@ -207,6 +207,14 @@ class _Cache:
 _LOST = (netError.ConnectionLost, netError.ConnectionDone, netError.ConnectionAborted)
 
 
+def _unwrap(protocol: Any) -> IMAPClient:
+    """
+    The IMAPClient inside ClientService's proxy: attributes set on the
+    proxy (callbacks, selection) would never reach the protocol.
+    """
+    return getattr(protocol, "_protocol", protocol)  # type: ignore[no-any-return]
+
+
 class _Session:
     """
     One user's connections, folder map and caches.
@@ -237,7 +245,7 @@ class _Session:
             Factory.forProtocol(lambda: IMAPClient()),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=self.clock,
-            prepareConnection=lambda client: Deferred.fromCoroutine(prepare(client)),
+            prepareConnection=lambda client: Deferred.fromCoroutine(prepare(_unwrap(client))),
         )
         service.startService()
         return service
@@ -280,7 +288,7 @@ class _Session:
         client = self.client
         if client is not None and not client.lost:
             return client
-        return await self.service.whenConnected(failAfterFailures=1)
+        return _unwrap(await self.service.whenConnected(failAfterFailures=1))
 
     def touch(self) -> None:
         self.lastActive = self.clock.seconds()
