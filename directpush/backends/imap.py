@@ -215,6 +215,28 @@ def _unwrap(protocol: Any) -> IMAPClient:
     return getattr(protocol, "_protocol", protocol)  # type: ignore[no-any-return]
 
 
+def _prepareOrClose(proxy: Any, prepare: Callable[[IMAPClient], Awaitable[None]]) -> "Deferred[None]":
+    """
+    Run C{prepare} on a new connection; if it fails, close the connection
+    without telling ClientService.
+
+    ClientService (Twisted 26.10) leaves a connection whose preparation
+    failed open, and when it closes later its state machine, already
+    waiting to retry, raises C{NoTransition} and stops reconnecting for
+    good. Detaching the proxy's loss notification first avoids that.
+    """
+
+    def failed(f: Any) -> Any:
+        if hasattr(proxy, "_lostNotification"):
+            proxy._lostNotification = lambda *args: None
+        transport = getattr(proxy, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+        return f
+
+    return Deferred.fromCoroutine(prepare(_unwrap(proxy))).addErrback(failed)
+
+
 class _Session:
     """
     One user's connections, folder map and caches.
@@ -245,7 +267,7 @@ class _Session:
             Factory.forProtocol(lambda: IMAPClient()),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=self.clock,
-            prepareConnection=lambda client: Deferred.fromCoroutine(prepare(_unwrap(client))),
+            prepareConnection=lambda proxy: _prepareOrClose(proxy, prepare),
         )
         service.startService()
         return service
@@ -264,7 +286,6 @@ class _Session:
             await self.login(client)
         except CommandFailed:
             log.warn("IMAP login failed for {user}", user=self.user)
-            client.transport.loseConnection()
             raise
 
     async def _prepareCommands(self, client: IMAPClient) -> None:
@@ -954,7 +975,9 @@ class IMAPBackend:
         try:
             await candidate.connected()
         except Exception as e:
-            await candidate.close()
+            # ClientService reports the failure before it schedules its
+            # retry: stop it on the next turn, or the retry survives.
+            self.clock.callLater(0, lambda: Deferred.fromCoroutine(candidate.close()))
             if isinstance(e, CommandFailed):
                 return False
             log.warn("cannot reach the IMAP server for {user}: {error}", user=user, error=str(e))
@@ -987,6 +1010,15 @@ class IMAPBackend:
         self._reaper = None
         if self._sessions:
             self._scheduleReaper()
+
+    def credentials(self, user: str) -> Optional[Tuple[str, str]]:
+        """
+        The user's own login, while the session lasts (for SMTP AUTH).
+        """
+        session = self._sessions.get(user)
+        if session is None or session.closed:
+            return None
+        return user, session.password
 
     def mailbox(self, user: str) -> "Deferred[IMailbox]":
         session = self._sessions.get(user)
