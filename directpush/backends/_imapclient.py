@@ -340,6 +340,9 @@ class IMAPClient(IMAP4Client):
                 d, self._idleStarted = self._idleStarted, None
                 d.callback(None)
             return
+        if tag not in (b"*", b"+") and len(rest.split(None, 1)) < 2:
+            # "TAG OK" without text: the base class needs some
+            rest = rest.strip() + b" -"
         super()._defaultHandler(tag, rest)
 
     def _untagged(self, response: Response) -> None:
