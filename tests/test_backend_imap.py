@@ -13,13 +13,15 @@ import re
 import time
 from typing import Any, Dict, List, Set, Type, TypeVar
 
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from directpush.backends.imap import IMAPBackend
+from directpush.backends.imap import IMAPBackend, IMAPChecker, imapEndpoint
 from directpush.interfaces import IMailboxBackend
 from directpush.model import Flag, FolderChange, FolderType, NoSuchMessage
 from directpush.state.memory import MemoryStateStore
@@ -335,3 +337,95 @@ class IMAPWatchTests(SynchronousTestCase):
         d = self.box.message(folderId, uid)
         spin(d)
         return d
+
+
+class EndpointTests(SynchronousTestCase):
+    """
+    L{imapEndpoint}: implicit TLS, STARTTLS, plain only to loopback.
+    """
+
+    def test_forms(self) -> None:
+        """
+        tls: wraps the connection in verified TLS; tcp: asks for a verified
+        STARTTLS; tcp: with plaintext allowed, to loopback, neither.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        reactor = MemoryReactor()
+        endpoint, startTLS = imapEndpoint(reactor, "tls:mail.example.org:993")
+        self.assertIsNone(startTLS)
+        self.assertIn("Wrapper", type(endpoint).__name__)
+        endpoint, startTLS = imapEndpoint(reactor, "tcp:mail.example.org:143")
+        self.assertIsNotNone(startTLS)
+        endpoint, startTLS = imapEndpoint(reactor, "tcp:127.0.0.1:143", allowPlaintext=True)
+        self.assertIsNone(startTLS)
+        self.assertEqual(type(endpoint).__name__, "HostnameEndpoint")
+        for bad in ["mail.example.org:993", "ssl:mail:993", "tcp:mail:x", "tls:mail:993:timeout=3"]:
+            self.assertRaises(ValueError, imapEndpoint, reactor, bad)
+        self.assertRaises(ValueError, imapEndpoint, reactor, "tcp:mail.example.org:143", allowPlaintext=True)
+
+
+class CheckerAndSessionTests(SynchronousTestCase):
+    """
+    L{IMAPChecker} and the session's life, against Dovecot.
+    """
+
+    skip = SKIP
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.clock = Clock()
+        self.dovecot = dovecot(True)
+        self.dovecot.reset()
+        self.backend = IMAPBackend(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.dovecot.port), MemoryStateStore(), self.clock
+        )
+        self.addCleanup(lambda: spin(Deferred.fromCoroutine(self.backend.close())))
+        self.checker = IMAPChecker(self.backend)
+
+    def check(self, user: str, password: str) -> "Deferred[bytes]":
+        d = self.checker.requestAvatarId(UsernamePassword(user.encode(), password.encode()))
+        spin(d)
+        return d
+
+    def test_checker(self) -> None:
+        """
+        The right password logs in once; later checks compare in memory
+        (no new connection); a wrong one or an unknown user is refused,
+        and the refused attempt leaves no connection behind.
+        """
+        self.assertEqual(self.successResultOf(self.check(ALICE, PASSWORDS[ALICE])), ALICE.encode())
+        session = self.backend._sessions[ALICE]
+        self.assertEqual(self.successResultOf(self.check(ALICE, PASSWORDS[ALICE])), ALICE.encode())
+        self.assertIs(self.backend._sessions[ALICE], session)
+        self.failureResultOf(self.check(ALICE, "wrong"), UnauthorizedLogin)
+        self.failureResultOf(self.check("nobody@example.org", "x"), UnauthorizedLogin)
+        self.failureResultOf(self.check("../etc", "x"), UnauthorizedLogin)
+        self.assertIs(self.backend._sessions[ALICE], session)
+        self.assertEqual(self.backend.credentials(ALICE), (ALICE, PASSWORDS[ALICE]))
+        self.clock.advance(0)  # the refused candidates stop
+        self.assertEqual(self.backend.connectionCount(), 1)
+
+    def test_idleSessionClosed(self) -> None:
+        """
+        A session without activity or watches for longer than
+        C{sessionIdle} is closed and its password forgotten; a watched one
+        stays.
+        """
+        self.successResultOf(self.check(ALICE, PASSWORDS[ALICE]))
+        self.successResultOf(self.check(BOB, PASSWORDS[BOB]))
+        box = self.successResultOf(self.backend.mailbox(BOB))
+        inbox = next(f.id for f in self._result(box.folders()) if f.type == FolderType.INBOX)
+        unwatch = self.backend.watch(BOB, frozenset({inbox}))
+        self.addCleanup(unwatch)
+        for _ in range(20):
+            self.clock.advance(60)
+        self.assertNotIn(ALICE, self.backend._sessions)
+        self.assertIsNone(self.backend.credentials(ALICE))
+        self.failureResultOf(self.backend.mailbox(ALICE), UnauthorizedLogin)
+        self.assertIn(BOB, self.backend._sessions)
+
+    def _result(self, d: "Deferred[T]") -> T:
+        spin(d)
+        return self.successResultOf(d)
