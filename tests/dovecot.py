@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -113,7 +114,7 @@ service imap-login {{
 }}
 service imap {{
   process_limit = 5000
-  client_limit = 1
+  client_limit = {imapClientLimit}
 }}
 service auth {{
   client_limit = 10000
@@ -131,14 +132,29 @@ protocol lda {{
 
 def freePort() -> int:
     """
-    A TCP port on 127.0.0.1 nobody listens on right now.
+    A TCP port on 127.0.0.1 nobody listens on right now, below the
+    ephemeral range (so that outgoing connections of other programs do
+    not take it before Dovecot binds it).
     """
-    s = socket.socket()
+    low, high = 20000, 32000
     try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first = int(f.read().split()[0])
+        high = min(high, first)
+        low = min(low, high - 2000)
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(100):
+        port = random.randrange(low, high)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port found")
 
 
 class Dovecot:
@@ -150,8 +166,20 @@ class Dovecot:
         certificate), or 0.
     """
 
-    def __init__(self, specialUse: bool = True, certificate: Optional[str] = None, key: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        specialUse: bool = True,
+        certificate: Optional[str] = None,
+        key: Optional[str] = None,
+        imapClientLimit: int = 1,
+    ) -> None:
+        """
+        @param imapClientLimit: connections one imap process serves (the
+            benchmark sets more than one, so that thousands of connections
+            do not need thousands of processes).
+        """
         self.specialUse = specialUse
+        self.imapClientLimit = imapClientLimit
         self.base = tempfile.mkdtemp(prefix="directpush-dovecot-")
         os.chmod(self.base, 0o755)
         self.mail = pwd.getpwnam("nobody")
@@ -230,6 +258,7 @@ class Dovecot:
                     uid=self.mail.pw_uid,
                     gid=self.mail.pw_gid,
                     mailboxes=_MAILBOXES if self.specialUse else "",
+                    imapClientLimit=self.imapClientLimit,
                 )
             )
         self.process = subprocess.Popen(
@@ -299,10 +328,6 @@ class Dovecot:
         """
         ports = (self.port, self.tlsPort)
         self.stop()
-        self.port, self.tlsPort = ports
-        self._start(ports)
-
-    def _start(self, ports: "tuple[int, int]") -> None:
         # same configuration file, same ports
         self.process = subprocess.Popen(
             [DOVECOT, "-F", "-c", self.config],

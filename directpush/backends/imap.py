@@ -580,9 +580,13 @@ class _Watcher:
         self.client = client
         client.onUntagged = self._untagged
         client.onLost = lambda reason: self._lost(client)
-        self.notify = await client.notify()
+        # The Inbox selected: Dovecot watches a selected mailbox most
+        # closely, and most pushes are for the Inbox. NOTIFY then covers
+        # the other folders on the same connection.
+        await client.select(b"INBOX", readOnly=True)
+        events = b"(MessageNew MessageExpunge FlagChange)"
+        self.notify = await client.notify(b"(selected " + events + b") (personal " + events + b")")
         if not self.notify:
-            await client.select(b"INBOX", readOnly=True)
             await self._statusCheck(client, announce=False)
         await client.idle()
         self.connections += 1
