@@ -186,7 +186,7 @@ class IMAPWatchTests(SynchronousTestCase):
         """
         Run the reactor until a change is announced; the folders it names.
         """
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         from twisted.internet import reactor
 
         while not self.seen and time.monotonic() < deadline:
@@ -204,7 +204,7 @@ class IMAPWatchTests(SynchronousTestCase):
         self.addCleanup(unwatch)
         watcher = self.backend._sessions[ALICE].watcher
         assert watcher is not None
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         from twisted.internet import reactor
 
         while watcher.connections < 1 and time.monotonic() < deadline:
@@ -285,7 +285,7 @@ class IMAPWatchTests(SynchronousTestCase):
         self.clock.advance(29 * 60 - 1)
         from twisted.internet import reactor
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while sum(1 for line in sent if line.endswith(b"IDLE")) < 1 and time.monotonic() < deadline:
             reactor.iterate(0.005)  # type: ignore[attr-defined]
         self.assertEqual(sent[0], b"DONE")
