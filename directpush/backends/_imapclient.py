@@ -20,6 +20,7 @@ pinned Twisted).
 from __future__ import annotations
 
 import base64
+import calendar
 import re
 import time
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, Union
@@ -227,7 +228,6 @@ def parseDate(value: bytes) -> float:
     if m is None:
         raise IllegalServerResponse(value)
     day, month, year, hh, mm, ss, sign, zh, zm = m.groups()
-    import calendar
 
     seconds = calendar.timegm(
         (int(year), _MONTHS.index(month.decode().title()) + 1, int(day), int(hh), int(mm), int(ss), 0, 0, 0)

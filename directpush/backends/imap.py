@@ -42,7 +42,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, TypeVar
 
 import attrs
 from twisted.application.internet import ClientService, backoffPolicy
