@@ -16,7 +16,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -194,3 +194,17 @@ class PasswdDirectory:
             return self._current().index.get(key) if key else None
 
         return self._runBlocking(find)
+
+
+@implementer(IDirectory)
+class EmptyDirectory:
+    """
+    A directory that knows nobody: the IMAP bridge has no users file, so
+    the GAL is empty and every recipient goes to the smarthost.
+    """
+
+    def lookup(self, query: str, limit: int) -> "Deferred[List[Mapping[str, str]]]":
+        return succeed([])
+
+    def localUser(self, address: str) -> "Deferred[Optional[str]]":
+        return succeed(None)

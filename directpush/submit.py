@@ -342,6 +342,7 @@ class Submission:
         requireTLS: bool = True,
         tlsMode: TLSMode = TLSMode(),
         timeout: float = SMTP_TIMEOUT,
+        userCredentials: Optional[Callable[[str], Optional[Tuple[str, str]]]] = None,
     ) -> None:
         """
         @param directory: tells local recipients from remote ones.
@@ -352,6 +353,10 @@ class Submission:
         @param credentials: returns the smarthost user and password, asked
             for each connection (so a rotated password is picked up); with
             it AUTH is required, without it AUTH is never attempted.
+        @param userCredentials: without C{credentials}, returns the
+            submitting user's own user name and password (the IMAP bridge
+            passes its logins through), used for AUTH whenever the
+            smarthost offers it.
         @param requireTLS: refuse to send over a session not protected by
             TLS (implicit, or STARTTLS with C{tlsMode.startTLSOptions}).
             Pass C{tlsMode.required} from L{endpointFromString}.
@@ -365,6 +370,7 @@ class Submission:
         # Encoded now, so that a name SMTP cannot carry fails at start-up.
         self._heloName = heloName.encode("ascii")
         self._credentials = credentials
+        self._userCredentials = userCredentials
         self._requireTLS = requireTLS
         self._tlsMode = tlsMode
         self._timeout = timeout
@@ -459,9 +465,16 @@ class Submission:
         assert self._smarthost is not None
         username: Optional[bytes] = None
         password: Optional[bytes] = None
+        requireAuth = self._credentials is not None
         if self._credentials is not None:
             name, secret = self._credentials()
             username, password = name.encode("utf-8"), secret.encode("utf-8")
+        elif self._userCredentials is not None:
+            # The IMAP bridge: the sender's own login, used for AUTH when
+            # the smarthost offers it.
+            own = self._userCredentials(user)
+            if own is not None:
+                username, password = own[0].encode("utf-8"), own[1].encode("utf-8")
         result: Deferred[Tuple[int, List[Tuple[bytes, int, bytes]]]] = Deferred()
         factory = _SenderFactory(
             username,
@@ -474,7 +487,7 @@ class Submission:
             timeout=self._timeout,
             contextFactory=None if self._tlsMode.implicit else self._tlsMode.startTLSOptions,
             heloFallback=True,
-            requireAuthentication=username is not None,
+            requireAuthentication=requireAuth,
             requireTransportSecurity=self._requireTLS,
             clock=self._clock,
             implicitTLS=self._tlsMode.implicit,

@@ -28,7 +28,8 @@ from twisted.internet.threads import deferToThreadPool
 
 from . import auth, certificate, throttle, web
 from .backends.maildir import MaildirBackend
-from .directory import PasswdDirectory
+from .backends import imap
+from .directory import EmptyDirectory, PasswdDirectory
 from .protocol.commands import makeDispatcher
 from .protocol.core import Policy, Services
 from .push import PushHub
@@ -145,6 +146,29 @@ class Options(usage.Options):
             "users can be written to.",
         ],
         [
+            "backend",
+            None,
+            "maildir",
+            "Where mail is: 'maildir' (maildirs under --mail-root, users in "
+            "the users file) or 'imap' (an existing IMAP server, see --imap; "
+            "devices log in with their IMAP user name and password).",
+        ],
+        [
+            "imap",
+            None,
+            None,
+            "The IMAP server for --backend imap: tls:HOST:993 (implicit TLS) "
+            "or tcp:HOST:143 (STARTTLS required). Certificates and host names "
+            "are verified.",
+        ],
+        [
+            "imap-ca-file",
+            None,
+            None,
+            "PEM file of the certificate authorities (or the self-signed "
+            "certificate) trusted for --imap.",
+        ],
+        [
             "smtp-ca-file",
             None,
             None,
@@ -200,6 +224,11 @@ class Options(usage.Options):
     ]
     optFlags = [
         [
+            "imap-allow-plaintext",
+            None,
+            "Allow plain IMAP without TLS to a tcp: server on loopback (passwords cross in clear).",
+        ],
+        [
             "smtp-allow-plaintext",
             None,
             "Allow a tcp: smarthost that is not on loopback (STARTTLS is still required).",
@@ -251,6 +280,10 @@ class Options(usage.Options):
             raise usage.UsageError("--render-workers must be a number from 0 to 64")
         else:
             self["render-workers"] = int(workers)
+        if self["backend"] not in ("maildir", "imap"):
+            raise usage.UsageError("--backend must be 'maildir' or 'imap'")
+        if self["backend"] == "imap" and not self["imap"]:
+            raise usage.UsageError("--backend imap needs --imap ENDPOINT")
         if bool(self["smtp-user"]) != bool(self["smtp-password-file"]):
             raise usage.UsageError("--smtp-user and --smtp-password-file go together")
         self["limits"] = _limits(self)
@@ -316,6 +349,10 @@ class Config:
     maxHeartbeat: int = 3540
     maxPingFolders: int = 300
     limits: throttle.Limits = throttle.Limits()
+    backend: str = "maildir"
+    imap: Optional[str] = None
+    imapCAFile: Optional[str] = None
+    imapAllowPlaintext: bool = False
 
 
 class StartupError(Exception):
@@ -351,6 +388,10 @@ def configFromOptions(options: Options) -> Config:
         maxHeartbeat=options["max-heartbeat"],
         maxPingFolders=options["max-ping-folders"],
         limits=options["limits"],
+        backend=options["backend"],
+        imap=options["imap"],
+        imapCAFile=options["imap-ca-file"],
+        imapAllowPlaintext=bool(options["imap-allow-plaintext"]),
     )
 
 
@@ -363,7 +404,7 @@ def prepareData(config: Config) -> None:
     try:
         if not config.data.exists():
             os.makedirs(config.data.path, mode=0o700)
-        if not config.users.exists():
+        if config.backend == "maildir" and not config.users.exists():
             password = secrets.token_urlsafe(12)
             auth.writePasswd(config.users, {"demo": auth.hashPassword(password)})
             log.warn(
@@ -453,11 +494,6 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
     def runState(f: Any) -> "Deferred[Any]":
         return deferToThreadPool(reactor, statePool, f)
 
-    try:
-        backend = MaildirBackend(config.mailRoot, runBlocking, reactor, reactor=reactor, mailboxIdle=MAILBOX_IDLE)
-    except ValueError as e:
-        raise StartupError(f"bad --mail-root: {e}") from None
-    _StopCaching(backend).setServiceParent(top)
     databasePath = config.data.child("state.sqlite")
     # Before the reactor runs, blocking is fine: open the database once here
     # so that a bad file stops startup with one line, not the first request.
@@ -469,9 +505,32 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         raise StartupError(f"cannot open the state database {databasePath.path}: {opened[0].getErrorMessage()}")
     store = SQLiteStateStore(databasePath, runState)
     _Closing(store).setServiceParent(top)
-    passwd = auth.PasswdFile(config.users)
-    directory = PasswdDirectory(auth.PasswdFile(config.users), runBlocking, config.domain)
-    submission = Submission(directory, backend, *_smarthost(config, reactor))
+    if config.backend == "imap":
+        assert config.imap is not None
+        try:
+            imapEndpoint, startTLS = imap.imapEndpoint(
+                reactor, config.imap, config.imapAllowPlaintext, config.imapCAFile
+            )
+        except (ValueError, OSError) as e:
+            raise StartupError(f"bad --imap: {_describe(e)}") from None
+        imapBackend = imap.IMAPBackend(imapEndpoint, store, reactor, startTLS)
+        _ClosingBackend(imapBackend).setServiceParent(top)
+        backend: Any = imapBackend
+        checker: Any = imap.IMAPChecker(imapBackend)
+        directory: Any = EmptyDirectory()
+        submission = Submission(
+            directory, backend, *_smarthost(config, reactor), userCredentials=imapBackend.credentials
+        )
+    else:
+        try:
+            backend = MaildirBackend(config.mailRoot, runBlocking, reactor, reactor=reactor, mailboxIdle=MAILBOX_IDLE)
+        except ValueError as e:
+            raise StartupError(f"bad --mail-root: {e}") from None
+        _StopCaching(backend).setServiceParent(top)
+        passwd = auth.PasswdFile(config.users)
+        directory = PasswdDirectory(auth.PasswdFile(config.users), runBlocking, config.domain)
+        submission = Submission(directory, backend, *_smarthost(config, reactor))
+        checker = auth.PasswdChecker(passwd, runBlocking, reactor)
     hub = PushHub(reactor, backend)
     # Operators' tools and tests look at it through the service tree.
     top.hub = hub  # type: ignore[attr-defined]
@@ -494,7 +553,6 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         services.render = renderPool
         services.renderAhead = True
     dispatcher = throttle.Throttle(makeDispatcher(services), config.limits, reactor)
-    checker = auth.PasswdChecker(passwd, runBlocking, reactor)
     portal = Portal(auth.Realm(web.makeUserResource(dispatcher, config.maxBody)), [checker])
     guard = throttle.ConnectionGuard(config.limits, reactor)
     site = web.buildSite(portal, reactor, maxBody=config.maxBody, guard=guard)
@@ -590,6 +648,19 @@ class _StopCaching(service.Service):
     def stopService(self) -> None:
         super().stopService()
         self._backend.stopCaching()
+
+
+@attrs.define
+class _ClosingBackend(service.Service):
+    """
+    Closes the IMAP bridge's connections when the server stops.
+    """
+
+    _backend: Any
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        return Deferred.fromCoroutine(self._backend.close())
 
 
 @attrs.define

@@ -69,6 +69,8 @@ class OptionsTests(SynchronousTestCase):
             (["--bogus"], "--bogus not recognized"),
             (["--max-body", "x"], "whole number"),
             (["--max-body", "10"], "at least 1024"),
+            (["--backend", "mbox"], "'maildir' or 'imap'"),
+            (["--backend", "imap"], "needs --imap"),
         ]:
             e = self.assertRaises(tap.StartupError, tap.configFromOptions, options(*argv))
             self.assertIn(words, str(e))
@@ -78,7 +80,7 @@ class OptionsTests(SynchronousTestCase):
         Every option has help text.
         """
         text = " ".join(str(tap.Options()).split())
-        for name in ("--listen", "--data", "--users", "--max-body", "--hostname", "--mail-root", "--domain", "--policy", "--smtp", "--smtp-ca-file", "--smtp-user", "--smtp-password-file", "--smtp-allow-plaintext"):
+        for name in ("--listen", "--data", "--users", "--max-body", "--hostname", "--mail-root", "--domain", "--policy", "--smtp", "--smtp-ca-file", "--smtp-user", "--smtp-password-file", "--smtp-allow-plaintext", "--backend", "--imap", "--imap-ca-file", "--imap-allow-plaintext"):
             self.assertIn(name, text)
         self.assertIn("TLS-terminating proxy", text)
 
@@ -175,6 +177,32 @@ class BuildServiceTests(SynchronousTestCase):
             ("ssl:8443:privateKey=/nonexistent/key.pem", "No such file"),
         ]:
             e = self.assertRaises(tap.StartupError, self.build, "--listen", listen)
+            self.assertIn(words, str(e))
+
+    def test_imapBackend(self) -> None:
+        """
+        With --backend imap there is no users file, the checker logs in to
+        IMAP, and the backend stops with the service.
+        """
+        from directpush.backends.imap import IMAPBackend
+
+        service, _ = self.build("--backend", "imap", "--imap", "tls:mail.test:993")
+        self.assertFalse(self.data.child("users").exists())
+        backends = [s._backend for s in service if isinstance(getattr(s, "_backend", None), IMAPBackend)]
+        self.assertEqual(len(backends), 1)
+
+    def test_badIMAP(self) -> None:
+        """
+        A malformed --imap, plain IMAP to another machine, and an
+        unreadable --imap-ca-file are one-line startup errors.
+        """
+        for argv, words in [
+            (["--imap", "imap.test"], "expected tls:HOST:PORT"),
+            (["--imap", "tcp:imap.test:143", "--imap-allow-plaintext"], "only allowed to this machine"),
+            (["--imap", "tls:imap.test:0"], "port must be"),
+            (["--imap", "tls:imap.test:993", "--imap-ca-file", "/nonexistent.pem"], "No such file"),
+        ]:
+            e = self.assertRaises(tap.StartupError, self.build, "--backend", "imap", *argv)
             self.assertIn(words, str(e))
 
     def test_listenFailure(self) -> None:
