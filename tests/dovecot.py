@@ -130,6 +130,20 @@ protocol lda {{
 """
 
 
+def _dieWithParent() -> None:
+    """
+    In the child before exec: have the kernel send Dovecot's master
+    SIGTERM (which stops all of Dovecot) if the test process dies without
+    cleaning up (killed, timed out).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def freePort() -> int:
     """
     A TCP port on 127.0.0.1 nobody listens on right now, below the
@@ -267,6 +281,7 @@ class Dovecot:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_dieWithParent,
         )
         ports = [self.port] + ([self.tlsPort] if self.tlsPort else [])
         deadline = time.monotonic() + 15
@@ -335,6 +350,7 @@ class Dovecot:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_dieWithParent,
         )
         deadline = time.monotonic() + 15
         for port in [p for p in ports if p]:

@@ -638,6 +638,55 @@ class RemoteDeliveryTests(SubmissionTestsMixin, SynchronousTestCase):
         self.assertNotIn("wrong", error.message)
         self.assertEqual(self.smarthost.delivered, [])
 
+    def userSubmission(self, **kw: Any) -> Submission:
+        """
+        A submission as the IMAP bridge builds it: AUTH with the
+        submitting user's own login (here the fake's "relay" account).
+        """
+        asked: List[str] = []
+        self.asked = asked
+
+        def own(user: str) -> Optional[Tuple[str, str]]:
+            asked.append(user)
+            return ("relay", "s3cret")
+
+        return Submission(
+            self.directory,
+            self.backend,
+            TCP4ClientEndpoint(self.reactor, "127.0.0.1", PORT),
+            self.reactor,
+            "eas.example.org",
+            requireTLS=False,
+            tlsMode=TLSMode(required=False),
+            userCredentials=own,
+            **kw,
+        )
+
+    def test_userCredentialsWhenOffered(self) -> None:
+        """
+        Without configured credentials, the submitting user's own login is
+        used for AUTH when the smarthost offers it.
+        """
+        self.listen(auth=True)
+        d = self.userSubmission().submit("alice", "alice@example.org", ["x@remote.example"], MESSAGE)
+        self.connect()
+        self.successResultOf(d)
+        self.assertEqual(self.asked, ["alice"])
+        self.assertEqual(self.smarthost.authenticated, [b"relay"])
+        self.assertEqual(self.smarthost.delivered, [("x@remote.example", MESSAGE)])
+
+    def test_userCredentialsNotOffered(self) -> None:
+        """
+        A smarthost that offers no AUTH gets the mail without it: the
+        user's own login is used only where AUTH is offered.
+        """
+        self.listen()
+        d = self.userSubmission().submit("alice", "alice@example.org", ["x@remote.example"], MESSAGE)
+        self.connect()
+        self.successResultOf(d)
+        self.assertEqual(self.smarthost.authenticated, [])
+        self.assertEqual(self.smarthost.delivered, [("x@remote.example", MESSAGE)])
+
     def test_authRequiredNotOffered(self) -> None:
         """
         With credentials configured, a smarthost that offers no AUTH gets no
