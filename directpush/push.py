@@ -3,9 +3,10 @@
 The push hub: waiting Pings and hanging Syncs, keyed by (user, device).
 
 A waiting request costs a small record, an entry in the heap behind the
-hub's one timer on the injected clock, and a share of its user's single change subscription. Change events come from
-the backend's notifier; the backend is asked to watch exactly the folders
-someone waits on, and only while they do.
+hub's one timer on the injected clock, and a share of its user's single
+change subscription. Change events come from the backend's notifier; the
+backend is asked to watch exactly the folders someone waits on, and only
+while they do.
 """
 
 from __future__ import annotations

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Mapping, Optional, Tuple
 
-from twisted.internet.defer import Deferred
-
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .. import wbxml
