@@ -104,6 +104,21 @@ class Server:
         self.starts = 0
 
     def start(self) -> None:
+        """
+        Start the server; if its port was taken meanwhile (another program's
+        outgoing connection may get it while the server is down), on a new
+        one: the device follows L{port}.
+        """
+        for attempt in range(5):
+            try:
+                return self._start()
+            except RuntimeError as e:
+                if attempt == 4:
+                    raise
+                print(f"# restart failed ({str(e)[-200:]!r}); trying another port", file=sys.stderr)
+                self.port = freePort()
+
+    def _start(self) -> None:
         command = [
             sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={self.logfile}",
@@ -157,8 +172,8 @@ class Device:
     A blocking EAS 14.1 client that retries lost responses as a phone does.
     """
 
-    def __init__(self, port: int, rng: random.Random, stats: Counter, deadline: float) -> None:
-        self.port = port
+    def __init__(self, server: Server, rng: random.Random, stats: Counter, deadline: float) -> None:
+        self.server = server
         self.rng = rng
         self.stats = stats
         self.deadline = deadline
@@ -173,6 +188,7 @@ class Device:
         self.keys: Dict[str, str] = {}
         self.mirror: Dict[str, Dict[str, Tuple[bool, bool]]] = {}
         self.problems: List[str] = []
+        self.aborted = False
         self.scratch: Dict[str, str] = {}  # ServerId -> name
         self.known: Dict[str, str] = {}  # every folder the device knows: ServerId -> name
 
@@ -188,12 +204,14 @@ class Device:
         while True:
             if time.monotonic() > self.deadline:
                 raise TimeoutError("the run's timeout was reached")
+            if self.aborted:
+                raise Trouble("the server could not be restarted")
             if not first:
                 self.stats["retries"] += 1
                 time.sleep(0.05)
             first = False
             self.stats["requests"] += 1
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
             try:
                 conn.request("POST", query, body=body, headers=self.headers)
                 response = conn.getresponse()
@@ -501,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = started + args.timeout
     server = Server(data, freePort(), os.path.join(root, "server.log"))
     server.start()
-    device = Device(server.port, rng, stats, deadline)
+    device = Device(server, rng, stats, deadline)
     delivered: Set[str] = set()
     sent: Set[str] = set()
     killing = threading.Event()
@@ -522,6 +540,7 @@ def run(args: argparse.Namespace) -> int:
                 server.start()
             except Exception as e:
                 failures.append(f"restart failed: {e}")
+                device.aborted = True
                 return
 
     try:
