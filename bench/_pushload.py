@@ -130,15 +130,21 @@ class Device:
         """
         Send and decode; None for an empty 200 (a Sync with nothing new).
         """
-        for attempt in (1, 2):
-            try:
-                await self.conn.send(self.path % command, self.headers, wbxml.encode(document))
-                status, body = await self.conn.receive()
+        for busy in range(30):
+            for attempt in (1, 2):
+                try:
+                    await self.conn.send(self.path % command, self.headers, wbxml.encode(document))
+                    status, body = await self.conn.receive()
+                    break
+                except (ConnectionError, asyncio.IncompleteReadError, OSError):
+                    self.conn.close()
+                    if attempt == 2:
+                        raise
+            if status != 503:
                 break
-            except (ConnectionError, asyncio.IncompleteReadError, OSError):
-                self.conn.close()
-                if attempt == 2:
-                    raise
+            # The server is busy (at first: too many password checks at
+            # once); a phone honours Retry-After, which is a few seconds.
+            await asyncio.sleep(random.uniform(1.0, 5.0))
         if status != 200:
             raise HTTPError(f"{command}: HTTP {status} {body[:200]!r}")
         return wbxml.decode(body) if body else None
