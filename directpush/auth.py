@@ -53,12 +53,37 @@ FAILED_TTL = 5 * 60.0
 MAX_CHECKING = 3
 
 
-class ChecksBusy(UnauthorizedLogin):
+class CannotCheck(UnauthorizedLogin):
     """
-    Too many password checks are in progress: try again shortly. The web
+    The password could not be checked now (not: it is wrong). The web
     layer answers 503 with Retry-After, not 401, so that phones do not ask
     their users for the password.
     """
+
+
+class ChecksBusy(CannotCheck):
+    """
+    Too many password checks are in progress: try again shortly.
+    """
+
+
+def plainCredentials(credentials: IUsernamePassword) -> Tuple[str, str]:
+    """
+    The user name and password of Basic credentials as text, the name
+    checked with L{validUserName}; what every checker does first.
+
+    @raise UnauthorizedLogin: (logged) for anything else.
+    """
+    try:
+        name = credentials.username.decode("utf-8")
+        password = credentials.password.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warn("authentication failed: user name or password not UTF-8")
+        raise UnauthorizedLogin()
+    if not validUserName(name):
+        log.warn("authentication failed: invalid user name {user!r}", user=name[:64])
+        raise UnauthorizedLogin()
+    return name, password
 
 
 def validUserName(name: str) -> bool:
@@ -205,15 +230,7 @@ class PasswdChecker:
     maxChecking: int = MAX_CHECKING
 
     async def _check(self, credentials: IUsernamePassword) -> bytes:
-        try:
-            name = credentials.username.decode("utf-8")
-            password = credentials.password.decode("utf-8")
-        except UnicodeDecodeError:
-            log.warn("authentication failed: user name or password not UTF-8")
-            raise UnauthorizedLogin()
-        if not validUserName(name):
-            log.warn("authentication failed: invalid user name {user!r}", user=name[:64])
-            raise UnauthorizedLogin()
+        name, password = plainCredentials(credentials)
         stored = await self._runBlocking(lambda: self._passwd.lookup(name))
         if stored is None:
             log.warn("authentication failed: no user {user}", user=name)

@@ -25,7 +25,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .auth import ChecksBusy
+from .auth import CannotCheck
 from .protocol.dispatch import Dispatcher, Pending, Response, errorResponse
 from .throttle import ConnectionGuard, Throttle
 
@@ -276,9 +276,9 @@ class BasicGuard(Resource):
     def _loginFailed(self, failure: Failure, request: Request) -> None:
         if request.finished or request.channel is None:
             return
-        if failure.check(ChecksBusy):
+        if failure.check(CannotCheck):
             # Not 401: that would make phones ask their users for the
-            # password, when only the checks are too many at once.
+            # password, when it only could not be checked just now.
             body = _Busy().render(request)
         elif failure.check(Unauthorized, LoginFailed):
             body = self._unauthorized(request)
@@ -380,7 +380,7 @@ class _Busy(Resource):
         request.setResponseCode(503)
         request.setHeader(b"Retry-After", b"5")
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"too many logins at once; retry shortly\n"
+        return b"the password cannot be checked just now; retry shortly\n"
 
 
 def buildSite(

@@ -11,6 +11,7 @@ import atexit
 import imaplib
 import re
 import time
+import socket
 from typing import Any, Dict, List, Set, Type, TypeVar
 
 from twisted.cred.credentials import UsernamePassword
@@ -21,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from directpush.auth import CannotCheck
 from directpush.backends.imap import IMAPBackend, IMAPChecker, imapEndpoint
 from directpush.interfaces import IMailboxBackend
 from directpush.model import Flag, FolderChange, FolderType, NoSuchMessage
@@ -399,13 +401,34 @@ class CheckerAndSessionTests(SynchronousTestCase):
         session = self.backend._sessions[ALICE]
         self.assertEqual(self.successResultOf(self.check(ALICE, PASSWORDS[ALICE])), ALICE.encode())
         self.assertIs(self.backend._sessions[ALICE], session)
-        self.failureResultOf(self.check(ALICE, "wrong"), UnauthorizedLogin)
-        self.failureResultOf(self.check("nobody@example.org", "x"), UnauthorizedLogin)
-        self.failureResultOf(self.check("../etc", "x"), UnauthorizedLogin)
+        for user, password in [(ALICE, "wrong"), ("nobody@example.org", "x"), ("../etc", "x"), (ALICE, "")]:
+            refused = self.failureResultOf(self.check(user, password), UnauthorizedLogin)
+            # A plain refusal (401), not "cannot check now" (503).
+            self.assertIsNone(refused.check(CannotCheck), (user, password))
         self.assertIs(self.backend._sessions[ALICE], session)
         self.assertEqual(self.backend.credentials(ALICE), (ALICE, PASSWORDS[ALICE]))
         self.clock.advance(0)  # the refused candidates stop
         self.assertEqual(self.backend.connectionCount(), 1)
+
+    def test_serverUnreachable(self) -> None:
+        """
+        When the IMAP server cannot be reached the password cannot be
+        checked: L{CannotCheck} (503 on the web, so phones retry instead
+        of asking their users for it), and nothing is remembered.
+        """
+        from twisted.internet import reactor
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        backend = IMAPBackend(TCP4ClientEndpoint(reactor, "127.0.0.1", closed), MemoryStateStore(), self.clock)
+        self.addCleanup(lambda: spin(Deferred.fromCoroutine(backend.close())))
+        d = IMAPChecker(backend).requestAvatarId(UsernamePassword(ALICE.encode(), PASSWORDS[ALICE].encode()))
+        spin(d)
+        self.failureResultOf(d, CannotCheck)
+        self.clock.advance(0)
+        self.assertIsNone(backend.credentials(ALICE))
+        self.flushLoggedErrors()
 
     def test_idleSessionClosed(self) -> None:
         """

@@ -58,7 +58,7 @@ from twisted.internet import ssl
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..auth import validUserName
+from ..auth import CannotCheck, plainCredentials
 from ..interfaces import IChangeNotifier, IMailbox, IMailboxBackend, IStateStore
 from ..model import (
     Flag,
@@ -1125,19 +1125,17 @@ class IMAPChecker:
         self._backend = backend
 
     async def _check(self, credentials: IUsernamePassword) -> bytes:
-        try:
-            name = credentials.username.decode("utf-8")
-            password = credentials.password.decode("utf-8")
-        except UnicodeDecodeError:
-            log.warn("authentication failed: user name or password not UTF-8")
-            raise UnauthorizedLogin()
-        if not validUserName(name) or not password:
-            log.warn("authentication failed: invalid user name {user!r}", user=name[:64])
+        name, password = plainCredentials(credentials)
+        if not password:
+            log.warn("authentication failed: empty password for {user}", user=name)
             raise UnauthorizedLogin()
         try:
             ok = await self._backend.login(name, password)
         except Exception:
-            raise UnauthorizedLogin()
+            # The server could not be reached (logged by login()): the
+            # password may well be right, so not 401, which would make
+            # phones ask their users for it.
+            raise CannotCheck()
         if not ok:
             log.warn("authentication failed: IMAP refused {user}", user=name)
             raise UnauthorizedLogin()
