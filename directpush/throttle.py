@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
-from .protocol.dispatch import Dispatcher, Pending, Response
+from .protocol.dispatch import Dispatcher, Pending, Response, settled
 from .protocol.request import BadRequest, parseRequest
 
 log = Logger()
@@ -173,10 +173,7 @@ class Throttle:
         user: str,
         body: bytes,
     ) -> Response:
-        answer = await self.begin(query, header, user, body)
-        if isinstance(answer, Pending):
-            return await answer.deferred
-        return answer
+        return await settled(self.begin(query, header, user, body))
 
     async def begin(
         self,

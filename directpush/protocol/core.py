@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from .. import wbxml
 from ..interfaces import IDirectory, IMailbox, IMailboxBackend, IPushHub, IStateStore, ISubmission
 from ..model import Folder, FolderType, validId
+from . import mail
 from .dispatch import Handler, Response, errorResponse, wbxmlResponse
 from .render import Renderer, renderInline
 from .request import EASRequest
@@ -290,8 +291,6 @@ async def findByMessageId(mailbox: IMailbox, folderId: str, messageId: str, sinc
     at C{since} or later: how a send cut short by a crash finds what it
     already stored. Only the messages that arrived since then are read.
     """
-    from . import mail
-
     for info in await mailbox.messages(folderId):
         if info.received >= since and mail.summary(await mailbox.message(folderId, info.uid)).messageId == messageId:
             return info.uid

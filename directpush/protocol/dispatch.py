@@ -61,6 +61,16 @@ class Pending:
     deferred: "Deferred[Response]"
 
 
+async def settled(answer: "Awaitable[Response | Pending]") -> Response:
+    """
+    The final answer of a C{begin}: a L{Pending} one waited for.
+    """
+    begun = await answer
+    if isinstance(begun, Pending):
+        return await begun.deferred
+    return begun
+
+
 Handler = Callable[[EASRequest, Optional[wbxml.Element], bytes], "Awaitable[Response | Pending]"]
 """
 A command handler: the request, its decoded WBXML document (L{None} for an
@@ -111,10 +121,7 @@ class Dispatcher:
         @param header: looks up a request header (C{None} if absent).
         @param body: the request body, already decompressed.
         """
-        answer = await self.begin(query, header, user, body)
-        if isinstance(answer, Pending):
-            return await answer.deferred
-        return answer
+        return await settled(self.begin(query, header, user, body))
 
     async def begin(
         self,
