@@ -250,11 +250,21 @@ class GuardedChannel(HTTPChannel):
     @ivar guard: the shared L{ConnectionGuard}.
     """
 
+    # Slots rather than dict entries, for the reason given on
+    # L{directpush.web.LimitedRequest}: a channel lives as long as its
+    # waiting Ping.
+    __slots__ = ("guard", "_deadline", "_phase", "_counted", "_peer")
+
     guard: "ConnectionGuard"
-    _deadline: Optional[IDelayedCall] = None
-    _phase = "headers"
-    _counted = False
-    _peer = ""
+    _deadline: Optional[IDelayedCall]
+
+    def __init__(self, guard: "ConnectionGuard") -> None:
+        self.guard = guard
+        self._deadline = None
+        self._phase = "headers"
+        self._counted = False
+        self._peer = ""
+        super().__init__()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -370,6 +380,4 @@ class ConnectionGuard:
         return self._open.get(peer, 0)
 
     def channel(self) -> GuardedChannel:
-        channel = GuardedChannel()
-        channel.guard = self
-        return channel
+        return GuardedChannel(self)

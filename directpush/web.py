@@ -324,12 +324,24 @@ class LimitedRequest(Request):
     """
 
     maxBody = DEFAULT_MAX_BODY
-    _rejected = False
-    _received = 0
+
+    # Our own state lives in slots, not in the instance dict. A Request's
+    # dict stays a small shared-key dict (about 250 bytes) only while every
+    # request adds the same keys in the same order; ours add these on some
+    # paths only, and one divergent insert turns it into a private 1.5 KB
+    # table, kept as long as a Ping waits.
+    __slots__ = ("cancelOnLoss", "_received", "_rejected")
+
     #: What to cancel if the client goes away before the answer: the
     #: command in progress. Cheaper than a notifyFinish() Deferred and
     #: its callbacks, kept for every waiting request.
-    cancelOnLoss: "Optional[Deferred[Any]]" = None
+    cancelOnLoss: "Optional[Deferred[Any]]"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.cancelOnLoss = None
+        self._received = 0
+        self._rejected = False
+        super().__init__(*args, **kwargs)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
