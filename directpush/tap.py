@@ -458,6 +458,7 @@ class ListenService(service.Service):
             )
             raise SystemExit(1)
         self._port = result[0] if result else None
+        web.slimTransports(self._port)
 
     def startService(self) -> None:
         if not self.running and self._port is None:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed, Unauthorized
 from twisted.cred.portal import Portal
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -383,6 +384,35 @@ class LimitedRequest(Request):
                 b"Connection: close\r\n\r\n"
             )
             self.channel.loseConnection()
+
+
+class _SlimServer(tcp.Server):
+    """
+    An accepted TCP connection whose write-buffer fields live in slots.
+
+    Twisted sets C{dataBuffer} and C{offset} on a transport the first time
+    it writes; on a connection that has answered before (every phone's,
+    by the time it waits on a Ping) that insert turns the instance dict,
+    shared-key while every connection adds the same keys in the same
+    order, into a private 830-byte table whenever some earlier connection
+    (a probe that connected and closed) added a different key first.
+    """
+
+    __slots__ = ("dataBuffer", "offset")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.dataBuffer = b""
+        self.offset = 0
+        super().__init__(*args, **kwargs)
+
+
+def slimTransports(port: object) -> None:
+    """
+    Have a listening TCP (or TLS over TCP) port accept connections as
+    L{_SlimServer}; other kinds of port are left as they are.
+    """
+    if type(port) is tcp.Port and port.transport is tcp.Server:
+        port.transport = _SlimServer  # type: ignore[attr-defined]
 
 
 class _Busy(Resource):

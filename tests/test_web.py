@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import base64
 import gzip
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from directpush import auth, wbxml, web
@@ -435,3 +437,50 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(parseResponse(self.transport.value())[0], 500)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.seen, [])
+
+
+class SlimTransportTests(TestCase):
+    """
+    L{web.slimTransports} over real sockets.
+    """
+
+    async def test_writeBufferInSlots(self) -> None:
+        """
+        Connections accepted after L{web.slimTransports} write as usual,
+        and writing adds nothing to their instance dict, where it does to
+        Twisted's own transport.
+        """
+        from twisted.internet import reactor
+
+        accepted: List[Protocol] = []
+
+        class Greet(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+                self.transport.write(b"hello")
+
+        class Read(Protocol):
+            def __init__(self) -> None:
+                self.got: Deferred[bytes] = Deferred()
+
+            def dataReceived(self, data: bytes) -> None:
+                self.got.callback(data)
+
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Greet))
+        self.addCleanup(port.stopListening)
+
+        async def greeted() -> Any:
+            client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Read())
+            self.addCleanup(client.transport.loseConnection)
+            self.assertEqual(await client.got, b"hello")
+            server = accepted[-1].transport
+            self.addCleanup(server.loseConnection)
+            return server
+
+        plain = await greeted()
+        self.assertIn("dataBuffer", vars(plain))
+        web.slimTransports(port)
+        slim = await greeted()
+        self.assertIsInstance(slim, web._SlimServer)
+        self.assertEqual((slim.dataBuffer, slim.offset), (b"", 0))
+        self.assertEqual(set(vars(slim)), set(vars(plain)) - {"dataBuffer", "offset"})
