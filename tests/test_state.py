@@ -207,14 +207,16 @@ class SQLiteStateStoreTests(SynchronousTestCase):
 
     def test_pragmas(self) -> None:
         """
-        The connection uses WAL, C{synchronous=FULL} (2) and the busy
-        timeout it was given; the file records the schema version.
+        The connection uses WAL, C{synchronous=FULL} (2), a small page
+        cache and the busy timeout it was given; the file records the
+        schema version.
         """
         store = _sqliteStore(self, busyTimeout=2.5)
         connection = _connection(self, store)
         self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         self.assertEqual(connection.execute("PRAGMA synchronous").fetchone()[0], 2)
         self.assertEqual(connection.execute("PRAGMA busy_timeout").fetchone()[0], 2500)
+        self.assertEqual(connection.execute("PRAGMA cache_size").fetchone()[0], -512)
         self.assertEqual(connection.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
         self.assertFalse(connection.in_transaction)
 

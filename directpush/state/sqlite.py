@@ -34,6 +34,9 @@ RunBlocking = Callable[[Callable[[], T]], "Deferred[T]"]
 
 log = Logger()
 
+#: SQLite's page cache for the state file, KiB.
+CACHE_KIB = 512
+
 #: The schema this code writes, stored in the file as C{PRAGMA user_version}.
 #: Raise it with every schema change and teach L{_prepareSchema} the step.
 SCHEMA_VERSION = 1
@@ -172,6 +175,10 @@ def _openDatabase(path: FilePath[str], busyTimeout: float) -> sqlite3.Connection
         # In WAL mode NORMAL may lose the last commits on power loss; FULL
         # syncs the WAL at every commit, so a save is durable when it returns.
         connection.execute("PRAGMA synchronous = FULL")
+        # SQLite's own page cache (2 MiB by default) only repeats what the
+        # kernel's page cache already holds of the file; it is the
+        # server's memory, not the kernel's, that devices are counted in.
+        connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         _prepareSchema(connection, path)
     except BaseException:
         connection.close()
