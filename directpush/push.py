@@ -33,7 +33,7 @@ Verify = Callable[[FrozenSet[str]], Awaitable[FrozenSet[str]]]
 class _Waiter:
     """
     One waiting request. Thousands wait at once, so it holds no closure:
-    its canceller is a bound method, its timer an entry in the hub's heap.
+    it is its Deferred's canceller, its timer an entry in the hub's heap.
     """
 
     hub: "PushHub"
@@ -48,7 +48,11 @@ class _Waiter:
     recheck: FrozenSet[str] = frozenset()
     done: bool = False
 
-    def cancel(self, deferred: "Deferred[Optional[FrozenSet[str]]]") -> None:
+    def __call__(self, deferred: "Deferred[Optional[FrozenSet[str]]]") -> None:
+        """
+        The canceller of its Deferred: the waiter itself rather than a
+        bound method of it.
+        """
         self.hub._remove(self)
 
 
@@ -74,6 +78,8 @@ class PushHub:
         self._stale = 0
         self._order = itertools.count()
         self._timer: Optional[IDelayedCall] = None
+        # One bound method for every user's subscription, not one each.
+        self._onChange = self._changed
 
     # What tests and operators look at.
 
@@ -95,7 +101,7 @@ class PushHub:
     ) -> "Deferred[Optional[FrozenSet[str]]]":
         self.supersede(user, device)
         waiter = _Waiter(self, user, device, tuple(folderIds), verify)
-        waiter.deferred = Deferred(waiter.cancel)
+        waiter.deferred = Deferred(waiter)
         self._waiters[(user, device)] = waiter
         users = self._byUser.get(user)
         if users is None:
@@ -103,7 +109,7 @@ class PushHub:
         else:
             users.append(waiter)
         if user not in self._subscriptions:
-            self._subscriptions[user] = self._backend.notifier.subscribe(user, self._changed)
+            self._subscriptions[user] = self._backend.notifier.subscribe(user, self._onChange)
         waiter.unwatch = self._backend.watch(user, frozenset(folderIds))
         heapq.heappush(self._deadlines, (self._clock.seconds() + max(timeout, 0), next(self._order), waiter))
         self._schedule()

@@ -298,6 +298,8 @@ class MaildirWatcher:
         self._folders: Dict[Tuple[str, str], _Folder] = {}
         self._byWd: Dict[int, _Folder] = {}
         self._subscriptions: Dict[str, Callable[[], None]] = {}
+        # One bound method for every user's subscription, not one each.
+        self._onHeard = self._heard
         #: How many of each user's folders are watched: the subscription
         #: goes with the last (counted, not searched for: thousands are).
         self._perUser: Dict[str, int] = {}
@@ -401,7 +403,7 @@ class MaildirWatcher:
         """
         if user in self._subscriptions:
             return
-        self._subscriptions[user] = self._backend.notifier.subscribe(user, self._heard)
+        self._subscriptions[user] = self._backend.notifier.subscribe(user, self._onHeard)
 
     def _heard(self, change: FolderChange) -> None:
         for folderId in change.folderIds:
