@@ -13,7 +13,7 @@ keep being served.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -155,8 +155,10 @@ class Throttle:
     _users: TokenBuckets = attrs.field(init=False)
     _inProgress: Dict[str, int] = attrs.field(factory=dict)
     refused: int = 0
+    _onFinished: Callable[..., Any] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        self._onFinished = self._finished
         self._devices = TokenBuckets(self.limits.deviceRate, self.limits.deviceBurst, self.clock)
         self._users = TokenBuckets(self.limits.userRate, self.limits.userBurst, self.clock)
 
@@ -197,7 +199,11 @@ class Throttle:
             self._finished(None, user)
             raise
         if isinstance(answer, Pending):
-            answer.deferred.addBoth(self._finished, user)
+            # Not addBoth: it makes two dicts and two bound methods for
+            # each of thousands of waiting Pings.
+            answer.deferred.addCallbacks(
+                self._onFinished, self._onFinished, callbackArgs=(user,), errbackArgs=(user,)
+            )
         else:
             self._finished(None, user)
         return answer

@@ -14,6 +14,7 @@ from functools import partial
 from typing import FrozenSet, List, Optional, Tuple
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .. import wbxml
 from ..wbxml import E
@@ -109,9 +110,14 @@ async def ping(
             partial(_changedFor, services, request.user, request.deviceId),
         )
         # The wait may last an hour, for thousands of devices at once: it
-        # is a Deferred and one callback, not this coroutine.
-        return Pending(waiting.addCallback(_waited, order))
+        # is a Deferred and one callback, not this coroutine. (addCallbacks
+        # with explicit arguments: addCallback makes two dicts per call.)
+        return Pending(waiting.addCallbacks(_waited, _same, callbackArgs=(order,)))
     return _changed(changed, order)
+
+
+def _same(failure: Failure) -> Failure:
+    return failure
 
 
 def _waited(result: Optional[FrozenSet[str]], order: List[str]) -> Response:
