@@ -263,25 +263,27 @@ async def run(args: argparse.Namespace, dovecot: Dovecot, httpPort: int) -> None
     sampled = random.Random(1).sample(ready, min(args.samples, len(ready)))
     baselines = {d.user: IdleClient(dovecot.port, d.user) for d in sampled}
     await gather(args.concurrency, [b.start() for b in baselines.values()])
-    # Every Ping held and every IDLE connection up: the count stops
-    # growing (or reaches two per user), within --settle seconds.
+    # Every Ping held and every IDLE connection up as Dovecot sees it (a
+    # TCP connection may still be logging in): an imap process in IDLE
+    # per user, or a count that stops growing, within --settle seconds.
+    assert dovecot.process is not None
+    master = dovecot.process.pid
+    plain = sum(1 for b in baselines.values() if b.task is not None)  # they idle too
     began, last, still = time.monotonic(), -1, 0.0
     while time.monotonic() - began < args.settle:
-        held = imapConnections(dovecot.port) - len(baselines)
-        if held >= 2 * len(ready):
+        idling = dovecotProcesses(master)[0] - plain
+        if idling >= len(ready):
             break
-        still = still + 1 if held == last else 0
-        last = held
+        still = still + 1 if idling == last else 0
+        last = idling
         if still >= 5:
             break
         await asyncio.sleep(1)
     log(f"settled in {time.monotonic() - began:.0f} s")
     await asyncio.sleep(2)
     held = imapConnections(dovecot.port) - len(baselines)
-    assert dovecot.process is not None
-    idling, commands = dovecotProcesses(dovecot.process.pid)
-    # every plain client idles too
-    idling -= sum(1 for b in baselines.values() if b.task is not None)
+    idling, commands = dovecotProcesses(master)
+    idling -= plain
     waiting = sum(1 for p in pings if not p.done())
     log(f"{waiting} Pings waiting; the bridge holds {held} IMAP connections")
 
