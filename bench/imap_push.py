@@ -8,7 +8,9 @@ Measures:
   - the IMAP connections the bridge holds with every device waiting
     (target: one IDLE connection per user with a waiting device; the
     bridge also keeps one command connection per active user until it
-    has been idle for 15 minutes);
+    has been idle for 15 minutes), counted from the client side (TCP)
+    and from Dovecot's side, where each connection is an imap process
+    whose title says whether it is in IDLE;
   - delivery -> Ping answer latency, p50 / p99: --samples messages
     delivered with Dovecot's LDA (dovecot-lda, as an MTA would) to
     distinct users at --rate per second, timed from just before the LDA
@@ -22,6 +24,16 @@ Devices: FolderSync key 0, Sync key 0, one more Sync of the Inbox, then a
 Ping (--heartbeat seconds) on one keep-alive HTTP/1.1 connection each;
 --policy none (no provisioning), plain HTTP on 127.0.0.1 (TLS to phones is
 not what is measured here). After Status 2 a device stops.
+
+Dovecot watches an idling mailbox with inotify, one inotify instance per
+imap process, and Linux allows a user (here the mail user, nobody) 128 of
+them by default (fs.inotify.max_user_instances). Past that Dovecot logs
+"Inotify instance limit ... exceeded" and polls those connections every
+mailbox_idle_check_interval instead (1 s here, 30 s by default): whichever
+IDLE connections come last, the bridge's or the plain clients', then learn
+of new mail up to that long after the others. So the benchmark raises the
+limit to fit the run (it runs as root) and puts it back at the end, unless
+--keep-inotify-limit; it reports the connections Dovecot had to poll.
 
 Bounded: --timeout bounds the whole run (SIGALRM); Dovecot and the server
 are stopped at the end whatever happens.
@@ -57,6 +69,7 @@ from directpush.wbxml import E  # noqa: E402
 from tests.dovecot import LDA, MISSING, Dovecot, freePort  # noqa: E402
 
 PASSWORD = "bench-pw"
+INOTIFY_INSTANCES = "/proc/sys/fs/inotify/max_user_instances"
 
 
 def userName(u: int) -> str:
@@ -136,6 +149,7 @@ class IdleClient:
         self.port = port
         self.user = user
         self.exists: "asyncio.Future[float]" = asyncio.get_running_loop().create_future()
+        self.task: "Optional[asyncio.Future[None]]" = None
 
     async def start(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -173,6 +187,60 @@ def imapConnections(port: int) -> int:
     return count
 
 
+def dovecotProcesses(master: int) -> Tuple[int, int]:
+    """
+    Dovecot's imap processes (one per connection) under C{master}: how
+    many are in IDLE and how many are not, from their process titles
+    (C{dovecot/imap [USER IP IDLE]}, with verbose_proctitle).
+    """
+    idle = other = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if parent != master:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().rstrip(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if title.startswith(b"dovecot/imap ["):
+            if title.endswith(b" IDLE]"):
+                idle += 1
+            else:
+                other += 1
+    return idle, other
+
+
+def setInotifyInstances(value: int) -> None:
+    with open(INOTIFY_INSTANCES, "w") as f:
+        f.write(str(value))
+
+
+def raiseInotifyInstances(needed: int) -> Optional[int]:
+    """
+    Raise fs.inotify.max_user_instances to C{needed} if it is lower;
+    return the old value to put back, or L{None} if nothing changed.
+    """
+    try:
+        with open(INOTIFY_INSTANCES) as f:
+            current = int(f.read())
+    except (OSError, ValueError):
+        return None
+    if current >= needed:
+        return None
+    try:
+        setInotifyInstances(needed)
+    except OSError as e:
+        log(f"cannot raise {INOTIFY_INSTANCES} from {current} to {needed} ({e}): "
+            "Dovecot will poll the IDLE connections past the limit")
+        return None
+    log(f"{INOTIFY_INSTANCES} raised from {current} to {needed} for this run")
+    return current
+
+
 async def gather(limit: int, coroutines: List) -> List:
     slots = asyncio.Semaphore(limit)
 
@@ -195,21 +263,27 @@ async def run(args: argparse.Namespace, dovecot: Dovecot, httpPort: int) -> None
     sampled = random.Random(1).sample(ready, min(args.samples, len(ready)))
     baselines = {d.user: IdleClient(dovecot.port, d.user) for d in sampled}
     await gather(args.concurrency, [b.start() for b in baselines.values()])
-    # Every Ping held and every IDLE connection up: the count stops
-    # growing (or reaches two per user), within --settle seconds.
+    # Every Ping held and every IDLE connection up as Dovecot sees it (a
+    # TCP connection may still be logging in): an imap process in IDLE
+    # per user, or a count that stops growing, within --settle seconds.
+    assert dovecot.process is not None
+    master = dovecot.process.pid
+    plain = sum(1 for b in baselines.values() if b.task is not None)  # they idle too
     began, last, still = time.monotonic(), -1, 0.0
     while time.monotonic() - began < args.settle:
-        held = imapConnections(dovecot.port) - len(baselines)
-        if held >= 2 * len(ready):
+        idling = dovecotProcesses(master)[0] - plain
+        if idling >= len(ready):
             break
-        still = still + 1 if held == last else 0
-        last = held
+        still = still + 1 if idling == last else 0
+        last = idling
         if still >= 5:
             break
         await asyncio.sleep(1)
     log(f"settled in {time.monotonic() - began:.0f} s")
     await asyncio.sleep(2)
     held = imapConnections(dovecot.port) - len(baselines)
+    idling, commands = dovecotProcesses(master)
+    idling -= plain
     waiting = sum(1 for p in pings if not p.done())
     log(f"{waiting} Pings waiting; the bridge holds {held} IMAP connections")
 
@@ -249,12 +323,17 @@ async def run(args: argparse.Namespace, dovecot: Dovecot, httpPort: int) -> None
     for d in devices:
         d.conn.close()
 
+    polled = dovecot.log().count("Inotify instance limit")
+
     ping = [r[0] * 1000 for r in rows]
     idle = [r[1] * 1000 for r in rows]
     added = [(r[0] - r[1]) * 1000 for r in rows]
     print()
     print(f"users / waiting Pings       {args.users} / {waiting}")
     print(f"IMAP connections held        {held}  ({held / max(waiting, 1):.2f} per waiting user)")
+    print(f"  in IDLE (Dovecot's side)     {idling}  ({idling / max(waiting, 1):.2f} per waiting user)")
+    print(f"  commands (Dovecot's side)    {commands}")
+    print(f"IDLE polled by Dovecot       {polled}  (no inotify instance left; {args.inotifyNote})")
     print(f"deliveries measured          {len(rows)} of {len(sampled)} ({lost} without a fresh answer in {args.wait} s)")
     print(f"bridge adding over 50 ms     {sum(1 for a in added if a > 50)} of {len(added)}")
     print()
@@ -277,6 +356,10 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=120.0, help="longest wait for the IDLE connections")
     parser.add_argument("--wait", type=float, default=20.0, help="longest wait for one answer")
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument(
+        "--keep-inotify-limit", action="store_true",
+        help="leave fs.inotify.max_user_instances as it is, even if too low for the run",
+    )
     args = parser.parse_args()
     if MISSING:
         sys.exit(f"imap_push: {MISSING}")
@@ -289,7 +372,15 @@ def main() -> None:
     dovecot = Dovecot(specialUse=True, imapClientLimit=200)
     data = tempfile.mkdtemp(prefix="directpush-imapbench-")
     server: Optional[subprocess.Popen[bytes]] = None
+    oldInotify: Optional[int] = None
     try:
+        # an instance per IDLE connection (the bridge's and the plain
+        # clients'), and room for other mail-user processes
+        needed = args.users + args.samples + 256
+        if not args.keep_inotify_limit:
+            oldInotify = raiseInotifyInstances(needed)
+        with open(INOTIFY_INSTANCES) as f:
+            args.inotifyNote = f"fs.inotify.max_user_instances {f.read().strip()}"
         for u in range(args.users):
             dovecot.users[userName(u)] = PASSWORD
         for u in range(args.users):
@@ -325,6 +416,9 @@ def main() -> None:
         log(f"Dovecot on {dovecot.port}, directpush on {httpPort}, {args.users} users")
         asyncio.run(run(args, dovecot, httpPort))
     finally:
+        if oldInotify is not None:
+            # running processes keep their instances; new ones see the old limit
+            setInotifyInstances(oldInotify)
         if server is not None and server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:

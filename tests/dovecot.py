@@ -69,6 +69,7 @@ log_path = {base}/dovecot.log
 info_log_path = {base}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
+verbose_proctitle = yes
 ssl = {ssl}
 {sslFiles}
 disable_plaintext_auth = no
@@ -188,9 +189,11 @@ class Dovecot:
         imapClientLimit: int = 1,
     ) -> None:
         """
-        @param imapClientLimit: connections one imap process serves (the
-            benchmark sets more than one, so that thousands of connections
-            do not need thousands of processes).
+        @param imapClientLimit: C{client_limit} of C{service imap}. While
+            C{service_count} keeps Dovecot's default of 1 for imap, each
+            connection still gets a process of its own, as in most
+            deployments; the process title (C{verbose_proctitle}) shows its
+            user and the command it runs, C{IDLE} for an idling connection.
         """
         self.specialUse = specialUse
         self.imapClientLimit = imapClientLimit
