@@ -7,7 +7,6 @@ pending changes.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List
 
 from twisted.internet.defer import Deferred
@@ -33,8 +32,9 @@ class StateTests(CommandTestCase):
 
     def state(self) -> Dict[str, Any]:
         raw = self.successResultOf(self.store.load(USER, self.phone.deviceId, sync.stateKey(self.inbox)))
-        assert raw is not None
-        return json.loads(raw)
+        state = sync.loadState(raw)
+        assert state is not None
+        return state
 
     def test_previousKeyAsUndo(self) -> None:
         """

@@ -334,9 +334,11 @@ class _Entry:
     @ivar size: the file's size.
     @ivar info: the message's L{MessageInfo} once made, L{None} when its
         file name or uid changed since.
+    @ivar mark: equal to the folder's L{_FolderState.mark} when the last
+        scan saw the file (see L{MaildirMailbox._rescan}).
     """
 
-    __slots__ = ("uid", "sub", "_base", "_tail", "received", "size", "info")
+    __slots__ = ("uid", "sub", "_base", "_tail", "received", "size", "info", "mark")
 
     def __init__(
         self,
@@ -357,6 +359,7 @@ class _Entry:
         self.received = received
         self.size = size
         self.info = info
+        self.mark = False
 
     @property
     def filename(self) -> str:
@@ -404,6 +407,9 @@ class _FolderState:
     @ivar settled: whether those mtimes were old enough, when scanned, to
         prove nothing changed while they stay the same.
     @ivar hasNew: whether some message may still be in C{new/}.
+    @ivar mark: what every live entry's C{mark} is between scans; a rescan
+        flips it and marks the entries whose files it sees, so what it
+        does not see is known without a set of every file name.
 
     A listing is made from the entries' cached L{MessageInfo}s each time
     (no second, listing-shaped copy of them is kept).
@@ -420,6 +426,7 @@ class _FolderState:
     mtimes: Optional[Tuple[int, int]] = None
     settled: bool = False
     hasNew: bool = False
+    mark: bool = False
 
 
 @attrs.frozen
@@ -886,6 +893,7 @@ class MaildirMailbox:
             self._writeUidList(state)
 
     def _add(self, state: _FolderState, basename: str, entry: _Entry) -> None:
+        entry.mark = state.mark
         state.entries[basename] = entry
         state.byUid[entry.uid] = basename
 
@@ -905,6 +913,13 @@ class MaildirMailbox:
         state.mtimes = mtimes
         state.settled = max(mtimes) < (self._backend._clock.seconds() - SETTLE_SECONDS) * 1e9
 
+        # A rescan of a known folder lists in found only the files that are
+        # not as the entries say (and all of new/, small, to be claimed):
+        # the others are marked, not collected, so that a rescan does not
+        # hold every file name of a big folder at once.
+        rescan = not force and state.pending is None and bool(state.entries)
+        mark = not state.mark if rescan else state.mark
+        entries = state.entries
         found: Dict[str, Tuple[str, str]] = {}
         for sub, path in (("new", newPath), ("cur", curPath)):
             with _scandir(path) as it:
@@ -913,9 +928,17 @@ class MaildirMailbox:
                     if name.startswith(".") or "\n" in name:
                         continue
                     basename = name.split(":", 1)[0]
-                    if basename:
-                        # cur/ comes last and wins: a message caught mid-move.
-                        found[basename] = (sub, name)
+                    if not basename:
+                        continue
+                    if rescan and sub == "cur":
+                        entry = entries.get(basename)
+                        if entry is not None and entry.sub == "cur" and entry._base + entry._tail == name:
+                            entry.mark = mark
+                            # cur/ wins over new/: a message caught mid-move.
+                            found.pop(basename, None)
+                            continue
+                    # cur/ comes last and wins: a message caught mid-move.
+                    found[basename] = (sub, name)
 
         # (A first scan of a big folder holds every file name at once: what
         # it keeps besides is kept small, as that peak stays in the RSS.)
@@ -935,11 +958,16 @@ class MaildirMailbox:
         del claimed
 
         state.hasNew = any(sub == "new" for sub, _ in found.values())
-        vanished = [b for b in state.entries if b not in found]
+        if rescan:
+            vanished = [b for b, e in entries.items() if e.mark is not mark and b not in found]
+            state.mark = mark
+        else:
+            vanished = [b for b in entries if b not in found]
         fresh: List[Tuple[Optional[int], str, _Entry]] = []
         for basename, (sub, name) in found.items():
             entry = state.entries.get(basename)
             if entry is not None:
+                entry.mark = mark
                 if (entry.sub, entry.filename) != (sub, name):
                     # Renamed for new flags: same message, same uid.
                     entry.sub, entry.filename, entry.info = sub, name, None
@@ -1133,9 +1161,10 @@ class MaildirMailbox:
             os.unlink(path)
             _fsyncDirectory(os.path.join(folderPath, "cur"))
             del state.entries[basename]
-            state.entries[newBasename] = _Entry(
+            replacement = state.entries[newBasename] = _Entry(
                 entry.uid, "cur", filename, entry.received, len(raw), basename=newBasename
             )
+            replacement.mark = state.mark
             # Entries stay in uid order (listings rely on it).
             state.entries = dict(sorted(state.entries.items(), key=lambda item: item[1].uid))
             state.byUid[entry.uid] = newBasename

@@ -20,7 +20,7 @@ from .core import Services, dumps, folderById, loads, splitServerId
 from .render import jobFor
 from .dispatch import Response, errorResponse, wbxmlResponse
 from .request import EASRequest
-from .sync import filterType, itemState, pendingChanges, stateKey
+from .sync import dumpState, filterType, itemState, loadState, pendingChanges, stateKey
 
 log = Logger()
 
@@ -52,7 +52,7 @@ async def getItemEstimate(
             response.add("Status", "2")
             response.add("Collection", E("CollectionId", collectionId))
             continue
-        state = loads(await services.store.load(request.user, request.deviceId, stateKey(collectionId)))
+        state = loadState(await services.store.load(request.user, request.deviceId, stateKey(collectionId)))
         if key in (None, "0") or state is None:
             response.add("Status", "3" if key in (None, "0") else "4")
             response.add("Collection", E("CollectionId", collectionId))
@@ -250,7 +250,7 @@ async def moveItems(
 
     async def state(collectionId: str) -> Optional[dict]:
         if collectionId not in states:
-            states[collectionId] = loads(
+            states[collectionId] = loadState(
                 await services.store.load(request.user, request.deviceId, stateKey(collectionId))
             )
         return states[collectionId]
@@ -305,7 +305,7 @@ async def moveItems(
         response.add("Status", "3")
         response.add("DstMsgId", f"{destination}:{newUid}")
         moves.append([srcMsgId, destination, f"{destination}:{newUid}"])
-    updates = {stateKey(k): dumps(v) for k, v in states.items() if v is not None}
+    updates: Dict[str, Optional[bytes]] = {stateKey(k): dumpState(v) for k, v in states.items() if v is not None}
     if len(moves) > moved:
         updates[MOVES] = dumps(moves[-MOVE_MEMORY:])
     if updates:

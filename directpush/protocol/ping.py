@@ -22,7 +22,7 @@ from .core import Services, dumps, loads
 from .dispatch import Pending, Response, wbxmlResponse
 from .folders import loadHierarchy
 from .request import EASRequest
-from .sync import pendingChanges, stateKey
+from .sync import loadState, pendingChanges, stateKey
 
 log = Logger()
 
@@ -70,7 +70,7 @@ async def _changedFor(services: Services, user: str, deviceId: str, folderIds: F
     now = services.clock.seconds()
     changed = set()
     for folderId in folderIds:
-        state = loads(await services.store.load(user, deviceId, stateKey(folderId)))
+        state = loadState(await services.store.load(user, deviceId, stateKey(folderId)))
         if state is None:
             continue
         filterValue = state.get("filter", 0)

@@ -4,7 +4,7 @@ Sync (MS-ASCMD 2.2.1.21) for mail collections.
 
 Per (user, device, collection) the state (key C{sync:<collection>}) holds
 the current key and the items the device has at that key (uid -> flag
-bits, see L{itemState}), and the previous key with the C{Responses} it
+bits, see L{itemState}; stored packed, see L{PACKED}), and the previous key with the C{Responses} it
 produced and what tells the items after that request's client commands
 from the current ones (C{undo}: uid -> bits then, or null for an item the
 device did not have). A device that lost an answer repeats the previous
@@ -98,6 +98,50 @@ def _upgrade(items: Items) -> Items:
 
 def stateKey(collectionId: str) -> str:
     return f"sync:{collectionId}"
+
+
+#: The stored form of a state's items: flag bits (as a string) -> the
+#: uids with those bits, comma-separated. Uids never hold a comma
+#: (L{directpush.model.ID_PATTERN}).
+PACKED = "itemsByState"
+
+
+def _packItems(items: Items) -> Dict[str, str]:
+    """
+    C{items} as a few long strings: a big folder's map is written as a
+    handful of JSON strings built from the uids it already holds, where
+    JSON of the map itself makes a small string for every key and value.
+    """
+    _upgrade(items)
+    return {str(bits): ",".join([uid for uid, value in items.items() if value == bits]) for bits in set(items.values())}
+
+
+def _unpackItems(packed: Dict[str, str]) -> Items:
+    items: Items = {}
+    for bits, uids in packed.items():
+        if uids:
+            items.update(dict.fromkeys(uids.split(","), int(bits)))
+    return items
+
+
+def loadState(raw: Optional[bytes]) -> Optional[Dict[str, Any]]:
+    """
+    A collection's stored state (L{stateKey}), with its C{items} as a map
+    whichever form they were stored in.
+    """
+    state = loads(raw)
+    if isinstance(state, dict) and PACKED in state:
+        state["items"] = _unpackItems(state.pop(PACKED))
+    return state
+
+
+def dumpState(state: Dict[str, Any]) -> bytes:
+    """
+    A collection's state as stored: its items packed (L{PACKED}).
+    """
+    stored = dict(state)
+    stored[PACKED] = _packItems(stored.pop("items"))
+    return dumps(stored, sortKeys=False)
 
 
 @attrs.define
@@ -325,7 +369,7 @@ async def _syncOnce(
         answers.append(answer)
         anything = anything or changed
         if state is not None:
-            updates[stateKey(collection.collectionId)] = dumps(state, sortKeys=False)
+            updates[stateKey(collection.collectionId)] = dumpState(state)
             # The cache remembers each collection at its newest key.
             collection.syncKey = state["key"]
             collection.commands = []
@@ -528,7 +572,7 @@ async def _syncCollection(
     folder = folders.get(collection.collectionId)
     if folder is None:
         return failed(HIERARCHY_CHANGED)
-    stored = loads(await services.store.load(request.user, request.deviceId, stateKey(folder.id)))
+    stored = loadState(await services.store.load(request.user, request.deviceId, stateKey(folder.id)))
     filterValue = filterType(collection.options)
 
     if collection.syncKey == "0":
