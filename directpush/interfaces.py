@@ -52,11 +52,13 @@ class IMailbox(Interface):
         Delete a folder with its messages and subfolders.
         """
 
-    def messages(folderId: str) -> "Deferred[List[MessageInfo]]":
+    def messages(folderId: str) -> "Deferred[Sequence[MessageInfo]]":
         """
         List a folder's messages without reading them. Messages that
         arrived from outside (an MDA writing into C{new/}, another IMAP
-        client) are included.
+        client) are included. A list, or a L{directpush.model.Listing}
+        that makes each L{MessageInfo} when asked (a big folder's listing
+        need not be as many objects as it has messages).
         """
 
     def message(folderId: str, uid: str) -> "Deferred[bytes]":

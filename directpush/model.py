@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import FrozenSet, Optional
+from typing import FrozenSet, Iterator, Optional, Sequence, Tuple, overload
 
 import attrs
 
@@ -109,6 +109,75 @@ class MessageInfo:
     flags: FrozenSet[Flag]
     received: float
     size: int
+
+
+#: One message of a listing as L{listingRows} gives it: its position in
+#: the listing, uid, flags and arrival time.
+Row = Tuple[int, str, FrozenSet[Flag], float]
+
+
+class Listing(Sequence[MessageInfo]):
+    """
+    A folder's listing that makes each L{MessageInfo} only when asked for
+    it, so that a big folder's listing is not as many objects as it has
+    messages. Subclasses give C{__len__}, C{info} and, if they can give
+    rows more cheaply than through L{MessageInfo}s, C{rows}.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError()
+
+    def info(self, index: int) -> MessageInfo:
+        """
+        The message at C{index} (0 <= index < len).
+        """
+        raise NotImplementedError()
+
+    def rows(self) -> Iterator[Row]:
+        for index in range(len(self)):
+            info = self.info(index)
+            yield index, info.uid, info.flags, info.received
+
+    @overload
+    def __getitem__(self, index: int) -> MessageInfo: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[MessageInfo]: ...
+
+    def __getitem__(self, index: "int | slice") -> "MessageInfo | Sequence[MessageInfo]":
+        if isinstance(index, slice):
+            return [self.info(i) for i in range(*index.indices(len(self)))]
+        size = len(self)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError(index)
+        return self.info(index)
+
+    def __iter__(self) -> Iterator[MessageInfo]:
+        for index in range(len(self)):
+            yield self.info(index)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to a list (or listing) of the same messages, as a list is.
+        if isinstance(other, (list, Listing)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+def listingRows(listing: Sequence[MessageInfo]) -> Iterator[Row]:
+    """
+    The rows of any listing: a L{Listing}'s own, or made from the
+    L{MessageInfo}s of a list.
+    """
+    if isinstance(listing, Listing):
+        return listing.rows()
+    return ((index, info.uid, info.flags, info.received) for index, info in enumerate(listing))
 
 
 @attrs.frozen

@@ -31,9 +31,11 @@ from directpush.model import (
     Folder,
     FolderType,
     InvalidFolderName,
+    Listing,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
+    listingRows,
 )
 
 from .backend_contract import BackendContractTests
@@ -900,3 +902,93 @@ class MailboxCacheTests(SynchronousTestCase):
         self.successResultOf(self.backend.mailbox("alice"))
         self.backend.stopCaching()
         self.assertEqual((self.backend.cachedMailboxes, self.clock.getDelayedCalls()), (0, []))
+
+
+class RescanTests(_MaildirTestMixin):
+    """
+    A rescan of a listed folder marks the entries whose files it sees and
+    collects only the files that differ (see C{MaildirMailbox._scan}).
+    """
+
+    def test_rescanSeesEveryChange(self) -> None:
+        """
+        Between two listings another program removes one message, flags
+        another, files one straight into cur/ and delivers one to new/:
+        the second listing has exactly those changes, uids kept.
+        """
+        makeMaildir(self.home)
+        cur = self.home.child("cur")
+        for n in range(5):
+            writeFile(cur.child(f"{PAST + n}.M{n}P1.host:2,"), b"m%d" % n, mtime=PAST + n)
+        box = self.open()
+        before = self.listing(box, "1")
+        self.assertEqual(sorted(before), ["1", "2", "3", "4", "5"])
+        cur.child(f"{PAST + 1}.M1P1.host:2,").remove()
+        os.rename(cur.child(f"{PAST + 2}.M2P1.host:2,").path, cur.child(f"{PAST + 2}.M2P1.host:2,FS").path)
+        writeFile(cur.child(f"{PAST + 9}.M9P1.host:2,S"), b"m9", mtime=PAST + 9)
+        writeFile(self.home.child("new").child(f"{PAST + 8}.M8P1.host"), b"m8", mtime=PAST + 8)
+        for sub in ("cur", "new"):
+            os.utime(self.home.child(sub).path, (PAST + 10, PAST + 10))
+        self.clock.advance(LATER - self.clock.seconds())
+        after = self.listing(box, "1")
+        self.assertEqual(sorted(after), ["1", "3", "4", "5", "6", "7"])
+        self.assertEqual(after["3"].flags, {Flag.SEEN, Flag.FLAGGED})
+        self.assertEqual(after["4"].flags, frozenset())
+        # New uids in file name order: m8 (delivered) before m9.
+        self.assertEqual((after["6"].size, after["7"].size), (2, 2))
+        self.assertEqual(self.successResultOf(box.message("1", "6")), b"m8")
+        self.assertEqual(after["7"].flags, {Flag.SEEN})
+        self.assertEqual(self.files(self.home, "new"), [])
+
+    def test_rescanCurWins(self) -> None:
+        """
+        A message that is in cur/ and, under the same basename, in new/
+        (caught mid-move) is the one in cur/, in a rescan as in a first
+        scan; the new/ copy is left alone.
+        """
+        makeMaildir(self.home)
+        name = f"{PAST}.M1P1.host"
+        writeFile(self.home.child("cur").child(name + ":2,S"), b"kept", mtime=PAST)
+        box = self.open()
+        self.assertEqual(self.listing(box, "1")["1"].flags, {Flag.SEEN})
+        writeFile(self.home.child("new").child(name), b"copy", mtime=PAST)
+        os.utime(self.home.child("new").path, (PAST + 10, PAST + 10))
+        self.clock.advance(LATER - self.clock.seconds())
+        listed = self.listing(box, "1")
+        self.assertEqual(list(listed), ["1"])
+        self.assertEqual(listed["1"].flags, {Flag.SEEN})
+        self.assertEqual(self.successResultOf(box.message("1", "1")), b"kept")
+        self.assertEqual(self.files(self.home, "new"), [name])
+        # The same in a first scan (another server process).
+        fresh = self.open(self.backend())
+        self.assertEqual(self.listing(fresh, "1")["1"].flags, {Flag.SEEN})
+        self.assertEqual(self.successResultOf(fresh.message("1", "1")), b"kept")
+        self.assertEqual(self.files(self.home, "new"), [name])
+
+
+class ListingTests(_MaildirTestMixin):
+    """
+    A listing is a L{Listing}: a L{MessageInfo} is made when asked for.
+    """
+
+    def test_listing(self) -> None:
+        """
+        It indexes, slices, iterates and compares as a list of the
+        messages does; its rows say the same as its L{MessageInfo}s; the
+        folder keeps no L{MessageInfo} (each is made afresh).
+        """
+        box = self.open()
+        uids = [self.successResultOf(box.append("1", b"m%d" % n, [Flag.SEEN] if n % 2 else [])) for n in range(4)]
+        listed = self.successResultOf(box.messages("1"))
+        self.assertIsInstance(listed, Listing)
+        infos = list(listed)
+        self.assertEqual([info.uid for info in infos], uids)
+        self.assertEqual(listed, infos)
+        self.assertEqual(listed[-1], infos[3])
+        self.assertEqual(listed[1:3], infos[1:3])
+        self.assertRaises(IndexError, lambda: listed[4])
+        self.assertEqual(
+            list(listingRows(listed)), [(i, info.uid, info.flags, info.received) for i, info in enumerate(infos)]
+        )
+        self.assertEqual(infos[1].flags, {Flag.SEEN})
+        self.assertIsNot(listed[0], listed[0])

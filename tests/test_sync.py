@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
-from directpush.model import Flag, FolderType
+from directpush.model import Flag, FolderType, Listing, MessageInfo
 from directpush.protocol import sync
-from directpush.protocol.core import dumps
+from directpush.protocol.core import dumps, loads
 from directpush.protocol.render import renderInline
 from directpush.wbxml import E
 
@@ -35,6 +35,26 @@ class StateTests(CommandTestCase):
         state = sync.loadState(raw)
         assert state is not None
         return state
+
+    def test_packedState(self) -> None:
+        """
+        The items of a stored state are packed (flag bits -> the uids with
+        them, comma-joined), and read back as the map.
+        """
+        for n in range(6):
+            self.deliver(f"m{n}")
+        first = self.successResultOf(self.mailbox.messages(self.inbox))[0].uid
+        self.successResultOf(self.mailbox.setFlags(self.inbox, first, [Flag.SEEN]))
+        self.drive(self.phone.syncAll(self.inbox))
+        raw = self.successResultOf(self.store.load(USER, self.phone.deviceId, sync.stateKey(self.inbox)))
+        stored = loads(raw)
+        self.assertNotIn("items", stored)
+        self.assertEqual(sorted(stored[sync.PACKED]), ["0", "1"])
+        self.assertEqual(stored[sync.PACKED]["1"], first)
+        self.assertEqual(len(stored[sync.PACKED]["0"].split(",")), 5)
+        items = sync.loadState(raw)["items"]
+        self.assertEqual(items[first], sync.READ)
+        self.assertEqual(sorted(items.values()), [0] * 5 + [1])
 
     def test_previousKeyAsUndo(self) -> None:
         """
@@ -161,9 +181,40 @@ class PendingChangesTests(CommandTestCase):
             self.assertEqual(count, total)
             self.assertEqual(limited, everything[: max(limit, 2)])
 
+    def test_listing(self) -> None:
+        """
+        A backend's L{Listing} (MessageInfos made when asked for) gives the
+        same changes as the list of them, with and without a limit.
+        """
+        inbox = self.folderId(FolderType.INBOX)
+        uids = [
+            self.successResultOf(self.mailbox.append(inbox, message(f"m{n}"), received=NOW - (n * 5) % 7))
+            for n in range(12)
+        ]
+        self.successResultOf(self.mailbox.setFlags(inbox, uids[2], [Flag.FLAGGED]))
+        items = {uids[2]: 0, uids[5]: sync.READ, "999": 0}
+        infos = list(self.successResultOf(self.mailbox.messages(inbox)))
+
+        class Infos(Listing):
+            def __len__(self) -> int:
+                return len(infos)
+
+            def info(self, index: int) -> MessageInfo:
+                return infos[index]
+
+        class Box:
+            def messages(self, folderId: str) -> "Deferred[Listing]":
+                return succeed(Infos())
+
+        for limit in (None, 0, 3, 20):
+            expected = self.successResultOf(_run(sync.pendingChanges(self.mailbox, inbox, items, 0, NOW, limit=limit)))
+            got = self.successResultOf(_run(sync.pendingChanges(Box(), inbox, items, 0, NOW, limit=limit)))  # type: ignore[arg-type]
+            self.assertEqual(got, expected)
+            self.assertEqual(expected[1], 3 + 10)
+
 
 def _run(coroutine: Any) -> Any:
-    from twisted.internet.defer import Deferred
+    from twisted.internet.defer import Deferred, succeed
 
     return Deferred.fromCoroutine(coroutine)
 

@@ -61,7 +61,7 @@ import socket
 import stat
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -78,9 +78,11 @@ from ..model import (
     FolderExists,
     FolderType,
     InvalidFolderName,
+    Listing,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
+    Row,
     SpecialFolder,
 )
 from ..notify import LocalNotifier
@@ -218,17 +220,19 @@ def _fsyncDirectory(path: str) -> None:
         os.close(fd)
 
 
-def _writeAtomically(path: str, data: bytes, tmpDir: str) -> None:
+def _writeAtomically(path: str, data: Union[bytes, Iterable[bytes]], tmpDir: str) -> None:
     """
-    Replace C{path} with C{data}: readers see the old file or the new one,
-    never a part. C{tmpDir} is on the same file system (a maildir's
-    C{tmp/}, whose stale files maildir readers clean up).
+    Replace C{path} with C{data} (bytes, or chunks of them): readers see
+    the old file or the new one, never a part. C{tmpDir} is on the same
+    file system (a maildir's C{tmp/}, whose stale files maildir readers
+    clean up).
     """
     tmp = os.path.join(tmpDir, f"{os.path.basename(path)}.{secrets.token_hex(8)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
-            _writeAll(fd, data)
+            for chunk in [data] if isinstance(data, bytes) else data:
+                _writeAll(fd, chunk)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -332,13 +336,11 @@ class _Entry:
     @ivar filename: the file's name in C{sub}.
     @ivar received: when the message arrived, POSIX seconds.
     @ivar size: the file's size.
-    @ivar info: the message's L{MessageInfo} once made, L{None} when its
-        file name or uid changed since.
     @ivar mark: equal to the folder's L{_FolderState.mark} when the last
         scan saw the file (see L{MaildirMailbox._rescan}).
     """
 
-    __slots__ = ("uid", "sub", "_base", "_tail", "received", "size", "info", "mark")
+    __slots__ = ("uid", "sub", "_base", "_tail", "received", "size", "mark")
 
     def __init__(
         self,
@@ -347,7 +349,6 @@ class _Entry:
         filename: str,
         received: float,
         size: int,
-        info: Optional[MessageInfo] = None,
         *,
         basename: str = "",
     ) -> None:
@@ -358,7 +359,6 @@ class _Entry:
         self.filename = filename
         self.received = received
         self.size = size
-        self.info = info
         self.mark = False
 
     @property
@@ -369,13 +369,7 @@ class _Entry:
     def filename(self, value: str) -> None:
         base = self._base
         if base and value.startswith(base):
-            tail = value[len(base) :]
-            shared = _TAILS.get(tail)
-            if shared is None:
-                if len(_TAILS) >= 1024:
-                    _TAILS.clear()
-                shared = _TAILS[tail] = tail
-            self._tail = shared
+            self._tail = _shared(value[len(base) :])
         else:
             # Not named after its basename (never so far): kept whole.
             self._base = ""
@@ -384,13 +378,37 @@ class _Entry:
     def __repr__(self) -> str:
         return (
             f"_Entry(uid={self.uid!r}, sub={self.sub!r}, filename={self.filename!r}, "
-            f"received={self.received!r}, size={self.size!r}, info={self.info!r})"
+            f"received={self.received!r}, size={self.size!r})"
         )
 
     def messageInfo(self) -> MessageInfo:
-        if self.info is None:
-            self.info = MessageInfo(str(self.uid), _flagsOf(self.filename), self.received, self.size)
-        return self.info
+        # The flags are in the tail (":2,FS"), or in the whole name.
+        return MessageInfo(str(self.uid), _flagsOf(self._tail), self.received, self.size)
+
+
+class _Listing(Listing):
+    """
+    A folder's listing: its entries as they were listed, each made into a
+    L{MessageInfo} only when asked for (a folder keeps no L{MessageInfo}
+    per message, and a Sync of a big folder asks for a window of them).
+    An entry's flags are read when asked for: they may be newer than the
+    listing, never older.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: List[_Entry]) -> None:
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def info(self, index: int) -> MessageInfo:
+        return self._entries[index].messageInfo()
+
+    def rows(self) -> Iterator[Row]:
+        for index, entry in enumerate(self._entries):
+            yield index, str(entry.uid), _flagsOf(entry._tail), entry.received
 
 
 @attrs.define
@@ -411,8 +429,8 @@ class _FolderState:
         flips it and marks the entries whose files it sees, so what it
         does not see is known without a set of every file name.
 
-    A listing is made from the entries' cached L{MessageInfo}s each time
-    (no second, listing-shaped copy of them is kept).
+    A listing is a list of the entries, each made into a L{MessageInfo}
+    when asked for (see L{_Listing}).
     """
 
     dirname: str
@@ -851,14 +869,21 @@ class MaildirMailbox:
             state.uidValidity = max(1, int(self._backend._clock.seconds()))
 
     def _writeUidList(self, state: _FolderState) -> None:
-        lines = [f"{_UIDLIST_MAGIC} 1 V{state.uidValidity} N{state.nextUid}"]
-        lines.extend(f"{entry.uid} {basename}" for basename, entry in state.entries.items())
+        header = f"{_UIDLIST_MAGIC} 1 V{state.uidValidity} N{state.nextUid}\n".encode()
+
+        def chunks() -> Iterator[bytes]:
+            # Written a slice of lines at a time: a big folder's list is
+            # never held whole, nor as a string for each line.
+            yield header
+            lines = iter(state.entries.items())
+            while True:
+                part = "".join([f"{entry.uid} {basename}\n" for basename, entry in itertools.islice(lines, 1024)])
+                if not part:
+                    return
+                yield part.encode("utf-8", "surrogateescape")
+
         folderPath = self._dirPath(state.dirname)
-        _writeAtomically(
-            self._uidListPath(state),
-            ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
-            os.path.join(folderPath, "tmp"),
-        )
+        _writeAtomically(self._uidListPath(state), chunks(), os.path.join(folderPath, "tmp"))
         state.fileLines = len(state.entries)
         state.fileExists = True
 
@@ -913,76 +938,88 @@ class MaildirMailbox:
         state.mtimes = mtimes
         state.settled = max(mtimes) < (self._backend._clock.seconds() - SETTLE_SECONDS) * 1e9
 
-        # A rescan of a known folder lists in found only the files that are
-        # not as the entries say (and all of new/, small, to be claimed):
-        # the others are marked, not collected, so that a rescan does not
-        # hold every file name of a big folder at once.
+        # What a scan holds besides the entries is kept small, as its peak
+        # stays in the RSS: found maps a basename to the rest of its name
+        # in cur/ (a string shared by all with the same flags), and new/
+        # is claimed as it is read. A rescan of a known folder does not
+        # even collect the files that are as the entries say: it marks
+        # them, and what it did not mark is gone.
         rescan = not force and state.pending is None and bool(state.entries)
         mark = not state.mark if rescan else state.mark
         entries = state.entries
-        found: Dict[str, Tuple[str, str]] = {}
-        for sub, path in (("new", newPath), ("cur", curPath)):
-            with _scandir(path) as it:
-                for dirEntry in it:
-                    name = dirEntry.name
-                    if name.startswith(".") or "\n" in name:
+        found: Dict[str, str] = {}
+        with _scandir(curPath) as it:
+            for dirEntry in it:
+                name = dirEntry.name
+                if name.startswith(".") or "\n" in name:
+                    continue
+                basename = name.split(":", 1)[0]
+                if not basename:
+                    continue
+                if rescan:
+                    entry = entries.get(basename)
+                    if entry is not None and entry.sub == "cur" and entry._base + entry._tail == name:
+                        entry.mark = mark
+                        # (Two names for one basename: the last one wins.)
+                        found.pop(basename, None)
                         continue
-                    basename = name.split(":", 1)[0]
-                    if not basename:
+                found[basename] = _shared(name[len(basename) :])
+        inNew: Dict[str, str] = {}
+        with _scandir(newPath) as it:
+            for dirEntry in it:
+                name = dirEntry.name
+                if name.startswith(".") or "\n" in name:
+                    continue
+                basename = name.split(":", 1)[0]
+                if not basename or basename in found:
+                    continue  # cur/ wins: a message caught mid-move
+                if rescan:
+                    entry = entries.get(basename)
+                    if entry is not None and entry.sub == "cur" and entry.mark is mark:
                         continue
-                    if rescan and sub == "cur":
-                        entry = entries.get(basename)
-                        if entry is not None and entry.sub == "cur" and entry._base + entry._tail == name:
-                            entry.mark = mark
-                            # cur/ wins over new/: a message caught mid-move.
-                            found.pop(basename, None)
-                            continue
-                    # cur/ comes last and wins: a message caught mid-move.
-                    found[basename] = (sub, name)
+                if claimNew:
+                    # As Dovecot does: seen by a reader, the message is no longer new.
+                    target = name if ":" in name else name + ":2,"
+                    try:
+                        os.rename(os.path.join(newPath, name), os.path.join(curPath, target))
+                    except FileNotFoundError:
+                        continue
+                    except OSError:
+                        log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
+                    else:
+                        found[basename] = _shared(target[len(basename) :])
+                        continue
+                inNew[basename] = name
 
-        # (A first scan of a big folder holds every file name at once: what
-        # it keeps besides is kept small, as that peak stays in the RSS.)
-        claimed = [b for b, (sub, _) in found.items() if sub == "new"] if claimNew else []
-        for basename in claimed:
-            name = found[basename][1]
-            # As Dovecot does: seen by a reader, the message is no longer new.
-            target = name if ":" in name else name + ":2,"
-            try:
-                os.rename(os.path.join(newPath, name), os.path.join(curPath, target))
-            except FileNotFoundError:
-                del found[basename]
-            except OSError:
-                log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
-            else:
-                found[basename] = ("cur", target)
-        del claimed
-
-        state.hasNew = any(sub == "new" for sub, _ in found.values())
+        state.hasNew = bool(inNew)
         if rescan:
-            vanished = [b for b, e in entries.items() if e.mark is not mark and b not in found]
+            vanished = [b for b, e in entries.items() if e.mark is not mark and b not in found and b not in inNew]
             state.mark = mark
         else:
-            vanished = [b for b in entries if b not in found]
-        fresh: List[Tuple[Optional[int], str, _Entry]] = []
-        for basename, (sub, name) in found.items():
-            entry = state.entries.get(basename)
-            if entry is not None:
-                entry.mark = mark
-                if (entry.sub, entry.filename) != (sub, name):
-                    # Renamed for new flags: same message, same uid.
-                    entry.sub, entry.filename, entry.info = sub, name, None
-                continue
-            try:
-                st = os.stat(os.path.join(folderPath, sub, name))
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            known = state.pending.get(basename) if state.pending else None
-            fresh.append(
-                (known, basename, _Entry(0, sub, name, _toSeconds(st.st_mtime_ns), st.st_size, basename=basename))
-            )
-        del found
+            vanished = [b for b in entries if b not in found and b not in inNew]
+        # New entries hold the uid the uid list knew them by, or 0.
+        fresh: List[_Entry] = []
+        pending = state.pending or {}
+        for sub, files in (("cur", found), ("new", inNew)):
+            for basename, rest in files.items():
+                name = basename + rest if sub == "cur" else rest
+                entry = entries.get(basename)
+                if entry is not None:
+                    entry.mark = mark
+                    if entry.sub != sub or entry._base + entry._tail != name:
+                        # Renamed for new flags: same message, same uid.
+                        entry.sub, entry.filename = sub, name
+                    continue
+                try:
+                    st = os.stat(os.path.join(folderPath, sub, name))
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                fresh.append(
+                    _Entry(pending.get(basename, 0), sub, name, _toSeconds(st.st_mtime_ns), st.st_size, basename=basename)
+                )
+        del found, inNew, pending
         state.pending = None
         if vanished:
             self._forget(state, vanished)
@@ -990,22 +1027,23 @@ class MaildirMailbox:
         added: List[Tuple[int, str]] = []
         # Known uids first, in uid order, then new ones in file name order
         # (names start with the delivery time): entries stay in uid order.
-        # Sorted in place, by keys the tuples already hold.
-        unknown = [f for f in fresh if f[0] is None]
-        fresh = [f for f in fresh if f[0] is not None]
-        fresh.sort(key=_second)
-        fresh.sort(key=_first)
-        unknown.sort(key=_second)
+        unknown = [e for e in fresh if not e.uid]
+        fresh = [e for e in fresh if e.uid]
+        fresh.sort(key=_baseOf)
+        fresh.sort(key=_uidOf)
+        unknown.sort(key=_baseOf)
         fresh.extend(unknown)
         del unknown
-        for known, basename, entry in fresh:
-            if known is not None and known not in state.byUid and known > self._lastUid(state):
-                entry.uid = known
-            else:
+        for entry in fresh:
+            known = entry.uid
+            if not (known and known not in state.byUid and known > self._lastUid(state)):
                 entry.uid = state.nextUid
-                added.append((entry.uid, basename))
+                if state.fileExists:
+                    # (Without a file, the whole list is written below.)
+                    added.append((entry.uid, entry._base))
             state.nextUid = max(state.nextUid, entry.uid + 1)
-            self._add(state, basename, entry)
+            self._add(state, entry._base, entry)
+        del fresh
         self._appendUidList(state, added)
         if not state.fileExists:
             self._writeUidList(state)
@@ -1053,9 +1091,9 @@ class MaildirMailbox:
 
     # blocking operations
 
-    def _doMessages(self, folderId: str) -> List[MessageInfo]:
+    def _doMessages(self, folderId: str) -> Listing:
         state = self._state(folderId, fresh=True, claimNew=True)
-        return [entry.info or entry.messageInfo() for entry in state.entries.values()]
+        return _Listing(list(state.entries.values()))
 
     def _doMessage(self, folderId: str, uid: str) -> bytes:
         def read(state: _FolderState, basename: str, entry: _Entry, path: str) -> bytes:
@@ -1127,7 +1165,7 @@ class MaildirMailbox:
             changed = _flagsOf(entry.filename) != wanted
             target = _withFlags(basename, entry.filename, wanted)
             os.rename(path, os.path.join(self._dirPath(state.dirname), "cur", target))
-            entry.sub, entry.filename, entry.info = "cur", target, None
+            entry.sub, entry.filename = "cur", target
             return changed
 
         return self._withFile(folderId, uid, rename)
@@ -1240,7 +1278,7 @@ class MaildirMailbox:
     def deleteFolder(self, folderId: str) -> "Deferred[None]":
         return self._run(lambda: self._doDeleteFolder(folderId))
 
-    def messages(self, folderId: str) -> "Deferred[List[MessageInfo]]":
+    def messages(self, folderId: str) -> "Deferred[Listing]":
         return self._run(lambda: self._doMessages(folderId))
 
     def message(self, folderId: str, uid: str) -> "Deferred[bytes]":
@@ -1309,12 +1347,25 @@ class MaildirMailbox:
         return d.addCallback(announce)
 
 
-def _first(item: Tuple[Any, ...]) -> Any:
-    return item[0]
+def _baseOf(entry: _Entry) -> str:
+    return entry._base
 
 
-def _second(item: Tuple[Any, ...]) -> Any:
-    return item[1]
+def _uidOf(entry: _Entry) -> int:
+    return entry.uid
+
+
+def _shared(tail: str) -> str:
+    """
+    C{tail} (the part of a file name after its basename), as one string
+    for each distinct one. Bounded.
+    """
+    shared = _TAILS.get(tail)
+    if shared is None:
+        if len(_TAILS) >= 1024:
+            _TAILS.clear()
+        shared = _TAILS[tail] = tail
+    return shared
 
 
 def _templateFields(template: str) -> List[str]:

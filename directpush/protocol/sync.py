@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from .. import wbxml
 from ..interfaces import IMailbox
-from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchMessage
+from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchMessage, listingRows
 from ..wbxml import E
 from . import mail
 from .compose import addMissingHeaders
@@ -73,7 +73,7 @@ def itemState(info: MessageInfo) -> int:
     The state of an item the device is told about: L{READ} | L{FLAGGED}
     bits (small ints, which Python shares: an item costs its uid only).
     """
-    return (READ if Flag.SEEN in info.flags else 0) | (FLAGGED if Flag.FLAGGED in info.flags else 0)
+    return _flagBits(info.flags)
 
 
 def _bits(value: Any) -> int:
@@ -217,46 +217,52 @@ async def pendingChanges(
     and how many there are in all.
 
     @param limit: list no more than this many (the rest is only
-        counted): a window of a big folder's initial Sync need not sort
-        every message that is not yet on the device.
+        counted): a window of a big folder's initial Sync need not sort,
+        nor hold, every message that is not yet on the device.
     """
     listing = await mailbox.messages(folderId)
     window = FILTER_WINDOWS.get(filterTypeValue)
     oldest = now - window if window else None
     changes: List[Tuple[str, str, Optional[MessageInfo]]] = []
-    adds: List[MessageInfo] = []
+    # The adds by (received, -position), newest first once sorted; with a
+    # limit, only the newest C{limit} of them are held (a min-heap).
+    adds: List[Tuple[float, int]] = []
+    addCount = 0
     known = 0
-    for info in listing:
-        inWindow = oldest is None or info.received >= oldest
-        state = items.get(info.uid)
+    for index, uid, flags, received in listingRows(listing):
+        inWindow = oldest is None or received >= oldest
+        state = items.get(uid)
         if state is None:
             if inWindow:
-                adds.append(info)
+                addCount += 1
+                if limit is None or len(adds) < limit:
+                    heapq.heappush(adds, (received, -index))
+                elif adds and (received, -index) > adds[0]:
+                    heapq.heapreplace(adds, (received, -index))
             continue
         known += 1
         if not inWindow:
-            changes.append(("SoftDelete", info.uid, info))
-        elif _bits(state) != itemState(info):
-            changes.append(("Change", info.uid, info))
+            changes.append(("SoftDelete", uid, listing[index]))
+        elif _bits(state) != _flagBits(flags):
+            changes.append(("Change", uid, listing[index]))
     if known < len(items):
         # Some item the device has is gone: only then is a set of the
         # listing's uids worth making.
-        present = {info.uid for info in listing}
+        present = {uid for _, uid, _, _ in listingRows(listing)}
         changes.extend(("Delete", uid, None) for uid in items if uid not in present)
         del present
-    del listing
-    total = len(changes) + len(adds)
-    room = None if limit is None else max(0, limit - len(changes))
-    if room is None or room >= len(adds):
-        adds.sort(key=_received, reverse=True)
-    else:
-        adds = heapq.nlargest(room, adds, key=_received)
-    changes.extend(("Add", info.uid, info) for info in adds)
+    total = len(changes) + addCount
+    adds.sort(reverse=True)
+    if limit is not None:
+        del adds[max(0, limit - len(changes)) :]
+    for _, position in adds:
+        info = listing[-position]
+        changes.append(("Add", info.uid, info))
     return changes, total
 
 
-def _received(info: MessageInfo) -> float:
-    return info.received
+def _flagBits(flags: FrozenSet[Flag]) -> int:
+    return (READ if Flag.SEEN in flags else 0) | (FLAGGED if Flag.FLAGGED in flags else 0)
 
 
 def validateWait(document: wbxml.Element) -> Optional[wbxml.Element]:
