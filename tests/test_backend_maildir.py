@@ -251,6 +251,25 @@ class LayoutTests(_MaildirTestMixin):
         self.assertTrue(set(uids[:2]) <= set(listed))
         self.assertNotIn(uids[2], listed)
 
+    def test_folderCutShort(self) -> None:
+        """
+        A folder whose creation was cut short before its tmp/ (and new/)
+        existed is completed on first use: its messages list, and a new
+        one is written through tmp/ and keeps its uid list.
+        """
+        box = self.open()
+        folder = self.successResultOf(box.createFolder(None, "Projects"))
+        maildir = self.home.child(".Projects")
+        maildir.child("tmp").remove()
+        maildir.child("new").remove()
+        box = self.open(self.backend())
+        self.assertEqual(self.listing(box, folder.id), {})
+        uid = self.successResultOf(box.append(folder.id, b"kept"))
+        box = self.open(self.backend())
+        self.assertEqual(list(self.listing(box, folder.id)), [uid])
+        self.assertTrue(maildir.child("tmp").isdir())
+        self.assertTrue(maildir.child("new").isdir())
+
 
 class DovecotTests(_MaildirTestMixin):
     """

@@ -263,6 +263,20 @@ def _makeMaildir(path: str, subfolder: bool) -> None:
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
+def _repairMaildir(path: str) -> None:
+    """
+    Give an existing maildir C{path} whichever of cur/new/tmp it lacks: a
+    crash between creating a folder and its subdirectories leaves it so,
+    and every write goes through tmp/. A missing C{path} stays missing (a
+    folder another client deleted is not brought back).
+    """
+    for sub in ("cur", "new", "tmp"):
+        try:
+            os.mkdir(os.path.join(path, sub), 0o700)
+        except (FileExistsError, FileNotFoundError):
+            pass
+
+
 #: Flag sets by the letters that give them: a folder's messages share the
 #: few distinct sets rather than each holding its own (a frozenset is some
 #: 200 bytes). Bounded; frozensets are immutable, so sharing is safe.
@@ -825,6 +839,7 @@ class MaildirMailbox:
         dirname = self._dirname(folderId)
         state = self._states.get(folderId)
         if state is None:
+            _repairMaildir(self._dirPath(dirname))
             state = _FolderState(dirname)
             self._readUidList(state)
             self._states[folderId] = state
