@@ -263,6 +263,22 @@ def _makeMaildir(path: str, subfolder: bool) -> None:
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
+def _messageNames(path: str) -> Iterator[Tuple[str, str]]:
+    """
+    The message files in the maildir subdirectory C{path}: (file name,
+    basename) for each, skipping dot files and names a uid list line
+    could not hold.
+    """
+    with _scandir(path) as it:
+        for dirEntry in it:
+            name = dirEntry.name
+            if name.startswith(".") or "\n" in name:
+                continue
+            basename = name.split(":", 1)[0]
+            if basename:
+                yield name, basename
+
+
 def _repairMaildir(path: str) -> None:
     """
     Give an existing maildir C{path} whichever of cur/new/tmp it lacks: a
@@ -963,48 +979,36 @@ class MaildirMailbox:
         mark = not state.mark if rescan else state.mark
         entries = state.entries
         found: Dict[str, str] = {}
-        with _scandir(curPath) as it:
-            for dirEntry in it:
-                name = dirEntry.name
-                if name.startswith(".") or "\n" in name:
+        for name, basename in _messageNames(curPath):
+            if rescan:
+                entry = entries.get(basename)
+                if entry is not None and entry.sub == "cur" and entry._base + entry._tail == name:
+                    entry.mark = mark
+                    # (Two names for one basename: the last one wins.)
+                    found.pop(basename, None)
                     continue
-                basename = name.split(":", 1)[0]
-                if not basename:
-                    continue
-                if rescan:
-                    entry = entries.get(basename)
-                    if entry is not None and entry.sub == "cur" and entry._base + entry._tail == name:
-                        entry.mark = mark
-                        # (Two names for one basename: the last one wins.)
-                        found.pop(basename, None)
-                        continue
-                found[basename] = _shared(name[len(basename) :])
+            found[basename] = _shared(name[len(basename) :])
         inNew: Dict[str, str] = {}
-        with _scandir(newPath) as it:
-            for dirEntry in it:
-                name = dirEntry.name
-                if name.startswith(".") or "\n" in name:
+        for name, basename in _messageNames(newPath):
+            if basename in found:
+                continue  # cur/ wins: a message caught mid-move
+            if rescan:
+                entry = entries.get(basename)
+                if entry is not None and entry.sub == "cur" and entry.mark is mark:
                     continue
-                basename = name.split(":", 1)[0]
-                if not basename or basename in found:
-                    continue  # cur/ wins: a message caught mid-move
-                if rescan:
-                    entry = entries.get(basename)
-                    if entry is not None and entry.sub == "cur" and entry.mark is mark:
-                        continue
-                if claimNew:
-                    # As Dovecot does: seen by a reader, the message is no longer new.
-                    target = name if ":" in name else name + ":2,"
-                    try:
-                        os.rename(os.path.join(newPath, name), os.path.join(curPath, target))
-                    except FileNotFoundError:
-                        continue
-                    except OSError:
-                        log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
-                    else:
-                        found[basename] = _shared(target[len(basename) :])
-                        continue
-                inNew[basename] = name
+            if claimNew:
+                # As Dovecot does: seen by a reader, the message is no longer new.
+                target = name if ":" in name else name + ":2,"
+                try:
+                    os.rename(os.path.join(newPath, name), os.path.join(curPath, target))
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
+                else:
+                    found[basename] = _shared(target[len(basename) :])
+                    continue
+            inNew[basename] = name
 
         state.hasNew = bool(inNew)
         if rescan:
