@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
-from .protocol.dispatch import Dispatcher, Pending, Response, settled
+from .protocol.dispatch import Dispatcher, Pending, Response, Settling
 from .protocol.request import BadRequest, parseRequest
 
 log = Logger()
@@ -141,7 +141,7 @@ def busy(retryAfter: float, reason: str) -> Response:
 
 
 @attrs.define
-class Throttle:
+class Throttle(Settling):
     """
     A L{Dispatcher} in front of the real one that refuses, with 503 and
     C{Retry-After}, what goes past the per-device and per-user limits.
@@ -167,15 +167,6 @@ class Throttle:
 
     def inProgress(self, user: str) -> int:
         return self._inProgress.get(user, 0)
-
-    async def dispatch(
-        self,
-        query: bytes,
-        header: Callable[[str], Optional[str]],
-        user: str,
-        body: bytes,
-    ) -> Response:
-        return await settled(self.begin(query, header, user, body))
 
     async def begin(
         self,

@@ -71,6 +71,40 @@ async def settled(answer: "Awaitable[Response | Pending]") -> Response:
     return begun
 
 
+class Settling:
+    """
+    C{dispatch} for a class that gives C{begin}: the final answer, a
+    L{Pending} one waited for.
+    """
+
+    __slots__ = ()
+
+    async def begin(
+        self,
+        query: bytes,
+        header: Callable[[str], Optional[str]],
+        user: str,
+        body: bytes,
+    ) -> "Response | Pending":
+        raise NotImplementedError()
+
+    async def dispatch(
+        self,
+        query: bytes,
+        header: Callable[[str], Optional[str]],
+        user: str,
+        body: bytes,
+    ) -> Response:
+        """
+        Answer one POST from the authenticated C{user}.
+
+        @param query: the raw query string.
+        @param header: looks up a request header (C{None} if absent).
+        @param body: the request body, already decompressed.
+        """
+        return await settled(self.begin(query, header, user, body))
+
+
 Handler = Callable[[EASRequest, Optional[wbxml.Element], bytes], "Awaitable[Response | Pending]"]
 """
 A command handler: the request, its decoded WBXML document (L{None} for an
@@ -80,7 +114,7 @@ It answers with a L{Response}, or a L{Pending} one.
 
 
 @attrs.define
-class Dispatcher:
+class Dispatcher(Settling):
     """
     Routes requests to the command handlers registered for them.
 
@@ -106,22 +140,6 @@ class Dispatcher:
             ("MS-ASProtocolVersions", ",".join(self.versions)),
             ("MS-ASProtocolCommands", ",".join(self.commands)),
         )
-
-    async def dispatch(
-        self,
-        query: bytes,
-        header: Callable[[str], Optional[str]],
-        user: str,
-        body: bytes,
-    ) -> Response:
-        """
-        Answer one POST from the authenticated C{user}.
-
-        @param query: the raw query string.
-        @param header: looks up a request header (C{None} if absent).
-        @param body: the request body, already decompressed.
-        """
-        return await settled(self.begin(query, header, user, body))
 
     async def begin(
         self,
