@@ -61,7 +61,7 @@ import socket
 import stat
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -79,13 +79,13 @@ from ..model import (
     FolderType,
     InvalidFolderName,
     Listing,
-    MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
-    Row,
     SpecialFolder,
 )
 from ..notify import LocalNotifier
+from ._messagetable import INSERT_LIMIT, MAX_UID, MessageTable
+from ._messagetable import flagsOf as _flagsOf
 
 if TYPE_CHECKING:
     from .maildirwatch import MaildirWatcher
@@ -293,27 +293,6 @@ def _repairMaildir(path: str) -> None:
             pass
 
 
-#: Flag sets by the letters that give them: a folder's messages share the
-#: few distinct sets rather than each holding its own (a frozenset is some
-#: 200 bytes). Bounded; frozensets are immutable, so sharing is safe.
-_FLAG_SETS: Dict[str, FrozenSet[Flag]] = {}
-_EMPTY_FLAGS: FrozenSet[Flag] = frozenset()
-
-
-def _flagsOf(filename: str) -> FrozenSet[Flag]:
-    _, _, info = filename.partition(":")
-    if not info.startswith("2,"):
-        return _EMPTY_FLAGS
-    letters = info[2:]
-    flags = _FLAG_SETS.get(letters)
-    if flags is None:
-        flags = frozenset(_LETTERS[c] for c in letters if c in _LETTERS)
-        if len(_FLAG_SETS) >= 1024:
-            _FLAG_SETS.clear()
-        _FLAG_SETS[letters] = flags
-    return flags
-
-
 def _withFlags(basename: str, oldFilename: Optional[str], flags: Iterable[Flag]) -> str:
     """
     The C{cur/} file name for C{basename} with C{flags}, keeping letters
@@ -349,132 +328,29 @@ def _hostname() -> str:
 # Mailbox internals
 
 
-#: The parts of file names after the basename (":2,S" and the like), one
-#: string for each distinct one. Bounded.
-_TAILS: Dict[str, str] = {}
-
-
-class _Entry:
-    """
-    One message file as last seen. A folder holds one for each message,
-    so it is kept small: slots, and the file name held as the basename (the
-    very string that keys the folder's entries) and the rest (shared by
-    every entry with the same flags).
-
-    @ivar uid: the message's uid.
-    @ivar sub: C{"cur"} or C{"new"}.
-    @ivar filename: the file's name in C{sub}.
-    @ivar received: when the message arrived, POSIX seconds.
-    @ivar size: the file's size.
-    @ivar mark: equal to the folder's L{_FolderState.mark} when the last
-        scan saw the file (see L{MaildirMailbox._rescan}).
-    """
-
-    __slots__ = ("uid", "sub", "_base", "_tail", "received", "size", "mark")
-
-    def __init__(
-        self,
-        uid: int,
-        sub: str,
-        filename: str,
-        received: float,
-        size: int,
-        *,
-        basename: str = "",
-    ) -> None:
-        self.uid = uid
-        self.sub = sub
-        self._base = basename
-        self._tail = ""
-        self.filename = filename
-        self.received = received
-        self.size = size
-        self.mark = False
-
-    @property
-    def filename(self) -> str:
-        return self._base + self._tail
-
-    @filename.setter
-    def filename(self, value: str) -> None:
-        base = self._base
-        if base and value.startswith(base):
-            self._tail = _shared(value[len(base) :])
-        else:
-            # Not named after its basename (never so far): kept whole.
-            self._base = ""
-            self._tail = value
-
-    def __repr__(self) -> str:
-        return (
-            f"_Entry(uid={self.uid!r}, sub={self.sub!r}, filename={self.filename!r}, "
-            f"received={self.received!r}, size={self.size!r})"
-        )
-
-    def messageInfo(self) -> MessageInfo:
-        # The flags are in the tail (":2,FS"), or in the whole name.
-        return MessageInfo(str(self.uid), _flagsOf(self._tail), self.received, self.size)
-
-
-class _Listing(Listing):
-    """
-    A folder's listing: its entries as they were listed, each made into a
-    L{MessageInfo} only when asked for (a folder keeps no L{MessageInfo}
-    per message, and a Sync of a big folder asks for a window of them).
-    An entry's flags are read when asked for: they may be newer than the
-    listing, never older.
-    """
-
-    __slots__ = ("_entries",)
-
-    def __init__(self, entries: List[_Entry]) -> None:
-        self._entries = entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def info(self, index: int) -> MessageInfo:
-        return self._entries[index].messageInfo()
-
-    def rows(self) -> Iterator[Row]:
-        for index, entry in enumerate(self._entries):
-            yield index, str(entry.uid), _flagsOf(entry._tail), entry.received
-
-
 @attrs.define
 class _FolderState:
     """
     What we know of one folder's messages: the uid list, and the files as
     of the last scan.
 
-    @ivar entries: basename to entry, in uid order (uids only grow, and
-        entries are only ever appended), so a listing needs no sort.
-    @ivar pending: uids read from the uid list, for the first scan.
+    @ivar table: the message files, in uid order (see L{MessageTable}).
     @ivar fileLines: uid lines in the uid list file (live and stale).
     @ivar mtimes: C{cur/} and C{new/} mtimes (ns) at the last scan.
     @ivar settled: whether those mtimes were old enough, when scanned, to
         prove nothing changed while they stay the same.
     @ivar hasNew: whether some message may still be in C{new/}.
-    @ivar mark: what every live entry's C{mark} is between scans; a rescan
-        flips it and marks the entries whose files it sees, so what it
-        does not see is known without a set of every file name.
-
-    A listing is a list of the entries, each made into a L{MessageInfo}
-    when asked for (see L{_Listing}).
     """
 
     dirname: str
     uidValidity: int = 0
     nextUid: int = 1
-    entries: Dict[str, _Entry] = attrs.Factory(dict)
-    byUid: Dict[int, str] = attrs.Factory(dict)
-    pending: Optional[Dict[str, int]] = None
+    table: MessageTable = attrs.Factory(MessageTable)
     fileLines: int = 0
     fileExists: bool = False
     mtimes: Optional[Tuple[int, int]] = None
     settled: bool = False
     hasNew: bool = False
-    mark: bool = False
 
 
 @attrs.frozen
@@ -868,32 +744,47 @@ class MaildirMailbox:
         return os.path.join(self._dirPath(state.dirname), UIDLIST_FILE)
 
     def _readUidList(self, state: _FolderState) -> None:
-        pending: Dict[str, int] = {}
+        """
+        Read the uid list into the folder's table, as rows whose files the
+        first scan is still to look at. Read a line at a time: a big
+        folder's list is never held whole.
+        """
+        table = state.table
         highest = 0
         lines = 0
         try:
-            with open(self._uidListPath(state), "rb") as f:
-                content = f.read().decode("utf-8", "surrogateescape")
+            f = open(self._uidListPath(state), "rb")
         except FileNotFoundError:
-            content = None
-        if content is not None:
-            state.fileExists = True
-            for number, line in enumerate(content.split("\n")):
-                if number == 0 and line.startswith(_UIDLIST_MAGIC):
-                    for field in line.split()[2:]:
-                        if field[:1] == "V" and field[1:].isdigit():
-                            state.uidValidity = int(field[1:])
-                        elif field[:1] == "N" and field[1:].isdigit():
-                            highest = max(highest, int(field[1:]) - 1)
-                    continue
-                uid, _, basename = line.partition(" ")
-                if not uid.isdigit() or not basename:
-                    # e.g. a line cut short by a crash while appending
-                    continue
-                lines += 1
-                highest = max(highest, int(uid))
-                pending[basename] = int(uid)
-        state.pending = pending
+            pass
+        else:
+            with f:
+                state.fileExists = True
+                for number, raw in enumerate(f):
+                    line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+                    if number == 0 and line.startswith(_UIDLIST_MAGIC):
+                        for field in line.split()[2:]:
+                            if field[:1] == "V" and field[1:].isdigit():
+                                state.uidValidity = int(field[1:])
+                            elif field[:1] == "N" and field[1:].isdigit():
+                                highest = max(highest, int(field[1:]) - 1)
+                        continue
+                    uid, _, basename = line.partition(" ")
+                    if not uid.isdigit() or not 0 < int(uid) <= MAX_UID or not basename or len(basename) > _NAME_MAX:
+                        # e.g. a line cut short by a crash while appending
+                        continue
+                    lines += 1
+                    highest = max(highest, int(uid))
+                    index = table.indexOf(int(uid))
+                    if index >= 0:
+                        # A draft replaced under the same uid: the later
+                        # name is the message's (and the earlier one, if
+                        # a crash left its file, gets a uid of its own).
+                        table.rename(index, basename)
+                    else:
+                        table.add(int(uid), basename, "cur", "", 0.0, 0, indexed=False, unstated=True)
+            table.reindex()
+            # A later line for the same basename wins.
+            table.remove(table.duplicates())
         state.fileLines = lines
         state.nextUid = highest + 1
         if not state.uidValidity:
@@ -906,52 +797,54 @@ class MaildirMailbox:
             # Written a slice of lines at a time: a big folder's list is
             # never held whole, nor as a string for each line.
             yield header
-            lines = iter(state.entries.items())
+            lines = state.table.items()
             while True:
-                part = "".join([f"{entry.uid} {basename}\n" for basename, entry in itertools.islice(lines, 1024)])
+                part = "".join([f"{uid} {basename}\n" for uid, basename in itertools.islice(lines, 1024)])
                 if not part:
                     return
                 yield part.encode("utf-8", "surrogateescape")
 
         folderPath = self._dirPath(state.dirname)
         _writeAtomically(self._uidListPath(state), chunks(), os.path.join(folderPath, "tmp"))
-        state.fileLines = len(state.entries)
+        state.fileLines = len(state.table)
         state.fileExists = True
 
-    def _appendUidList(self, state: _FolderState, added: Sequence[Tuple[int, str]]) -> None:
-        if not added:
-            return
+    def _appendUidList(self, state: _FolderState, added: Iterable[Tuple[int, str]]) -> None:
         if not state.fileExists:
             self._writeUidList(state)
             return
-        data = "".join(f"{uid} {basename}\n" for uid, basename in added).encode("utf-8", "surrogateescape")
-        fd = os.open(self._uidListPath(state), os.O_WRONLY | os.O_APPEND)
+        lines = iter(added)
+        count = 0
+        fd = None
         try:
-            _writeAll(fd, data)
-            os.fsync(fd)
+            while True:
+                part = list(itertools.islice(lines, 1024))
+                if not part:
+                    break
+                data = "".join([f"{uid} {basename}\n" for uid, basename in part]).encode("utf-8", "surrogateescape")
+                if fd is None:
+                    fd = os.open(self._uidListPath(state), os.O_WRONLY | os.O_APPEND)
+                _writeAll(fd, data)
+                count += len(part)
+            if fd is not None:
+                os.fsync(fd)
         finally:
-            os.close(fd)
-        state.fileLines += len(added)
+            if fd is not None:
+                os.close(fd)
+        state.fileLines += count
 
-    def _forget(self, state: _FolderState, basenames: Iterable[str]) -> None:
+    def _forget(self, state: _FolderState, indexes: Iterable[int]) -> None:
         """
-        Drop vanished messages; rewrite the uid list once it holds enough
-        dead lines.
+        Drop the rows of vanished messages; rewrite the uid list once it
+        holds enough dead lines.
         """
-        for basename in basenames:
-            entry = state.entries.pop(basename)
-            del state.byUid[entry.uid]
+        state.table.remove(indexes)
         self._compact(state)
 
     def _compact(self, state: _FolderState) -> None:
-        stale = state.fileLines - len(state.entries)
-        if stale > max(_STALE_LINES, len(state.entries) // 2):
+        stale = state.fileLines - len(state.table)
+        if stale > max(_STALE_LINES, len(state.table) // 2):
             self._writeUidList(state)
-
-    def _add(self, state: _FolderState, basename: str, entry: _Entry) -> None:
-        entry.mark = state.mark
-        state.entries[basename] = entry
-        state.byUid[entry.uid] = basename
 
     def _scan(self, state: _FolderState, force: bool = False, claimNew: bool = False) -> None:
         folderPath = self._dirPath(state.dirname)
@@ -969,33 +862,43 @@ class MaildirMailbox:
         state.mtimes = mtimes
         state.settled = max(mtimes) < (self._backend._clock.seconds() - SETTLE_SECONDS) * 1e9
 
-        # What a scan holds besides the entries is kept small, as its peak
-        # stays in the RSS: found maps a basename to the rest of its name
-        # in cur/ (a string shared by all with the same flags), and new/
-        # is claimed as it is read. A rescan of a known folder does not
-        # even collect the files that are as the entries say: it marks
-        # them, and what it did not mark is gone.
-        rescan = not force and state.pending is None and bool(state.entries)
-        mark = not state.mark if rescan else state.mark
-        entries = state.entries
-        found: Dict[str, str] = {}
+        # The scan marks the rows whose files it sees, and what it did not
+        # mark is gone: it holds nothing for the files the table knows.
+        # Files it does not know are collected by basename (with the rest
+        # of their name, one string for each distinct rest) and get uids
+        # at the end, in basename order: names start with the delivery
+        # time, so uid order follows it.
+        table = state.table
+        table.unmarkAll()
+        tails: Dict[str, str] = {}
+        unknown: Dict[str, Dict[str, str]] = {"cur": {}, "new": {}}
+
+        def seen(sub: str, basename: str, name: str) -> None:
+            tail = name[len(basename) :]
+            tail = tails.setdefault(tail, tail)
+            # (Two names for one basename in cur/: the last one wins.)
+            index = table.see(basename, sub, tail)
+            if index < 0:
+                unknown[sub][basename] = tail
+            elif table.unstated(index):
+                # Known from the uid list only: the first scan reads its file.
+                try:
+                    st = os.stat(os.path.join(folderPath, sub, name))
+                except FileNotFoundError:
+                    return
+                if stat.S_ISREG(st.st_mode):
+                    table.setStat(index, _toSeconds(st.st_mtime_ns), st.st_size)
+                    table.see(basename, sub, tail)
+
         for name, basename in _messageNames(curPath):
-            if rescan:
-                entry = entries.get(basename)
-                if entry is not None and entry.sub == "cur" and entry._base + entry._tail == name:
-                    entry.mark = mark
-                    # (Two names for one basename: the last one wins.)
-                    found.pop(basename, None)
-                    continue
-            found[basename] = _shared(name[len(basename) :])
-        inNew: Dict[str, str] = {}
+            seen("cur", basename, name)
         for name, basename in _messageNames(newPath):
-            if basename in found:
+            if basename in unknown["cur"]:
                 continue  # cur/ wins: a message caught mid-move
-            if rescan:
-                entry = entries.get(basename)
-                if entry is not None and entry.sub == "cur" and entry.mark is mark:
-                    continue
+            index = table.find(basename)
+            if index >= 0 and table.marked(index):
+                continue  # the same: seen in cur/ by this scan
+            sub = "new"
             if claimNew:
                 # As Dovecot does: seen by a reader, the message is no longer new.
                 target = name if ":" in name else name + ":2,"
@@ -1006,98 +909,64 @@ class MaildirMailbox:
                 except OSError:
                     log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
                 else:
-                    found[basename] = _shared(target[len(basename) :])
-                    continue
-            inNew[basename] = name
-
-        state.hasNew = bool(inNew)
-        if rescan:
-            vanished = [b for b, e in entries.items() if e.mark is not mark and b not in found and b not in inNew]
-            state.mark = mark
-        else:
-            vanished = [b for b in entries if b not in found and b not in inNew]
-        # New entries hold the uid the uid list knew them by, or 0.
-        fresh: List[_Entry] = []
-        pending = state.pending or {}
-        for sub, files in (("cur", found), ("new", inNew)):
-            for basename, rest in files.items():
-                name = basename + rest if sub == "cur" else rest
-                entry = entries.get(basename)
-                if entry is not None:
-                    entry.mark = mark
-                    if entry.sub != sub or entry._base + entry._tail != name:
-                        # Renamed for new flags: same message, same uid.
-                        entry.sub, entry.filename = sub, name
-                    continue
-                try:
-                    st = os.stat(os.path.join(folderPath, sub, name))
-                except FileNotFoundError:
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                fresh.append(
-                    _Entry(pending.get(basename, 0), sub, name, _toSeconds(st.st_mtime_ns), st.st_size, basename=basename)
-                )
-        del found, inNew, pending
-        state.pending = None
+                    sub, name = "cur", target
+            seen(sub, basename, name)
+        vanished = table.unmarked()
         if vanished:
             self._forget(state, vanished)
 
-        added: List[Tuple[int, str]] = []
-        # Known uids first, in uid order, then new ones in file name order
-        # (names start with the delivery time): entries stay in uid order.
-        unknown = [e for e in fresh if not e.uid]
-        fresh = [e for e in fresh if e.uid]
-        fresh.sort(key=_baseOf)
-        fresh.sort(key=_uidOf)
-        unknown.sort(key=_baseOf)
-        fresh.extend(unknown)
-        del unknown
-        for entry in fresh:
-            known = entry.uid
-            if not (known and known not in state.byUid and known > self._lastUid(state)):
-                entry.uid = state.nextUid
-                if state.fileExists:
-                    # (Without a file, the whole list is written below.)
-                    added.append((entry.uid, entry._base))
-            state.nextUid = max(state.nextUid, entry.uid + 1)
-            self._add(state, entry._base, entry)
-        del fresh
-        self._appendUidList(state, added)
+        before = len(table)
+        fresh = sorted(itertools.chain(unknown["cur"], unknown["new"]))
+        indexed = len(fresh) <= INSERT_LIMIT
+        for basename in fresh:
+            sub = "cur" if basename in unknown["cur"] else "new"
+            tail = unknown[sub][basename]
+            try:
+                st = os.stat(os.path.join(folderPath, sub, basename + tail))
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            table.add(state.nextUid, basename, sub, tail, _toSeconds(st.st_mtime_ns), st.st_size, indexed=indexed)
+            state.nextUid += 1
+        if not indexed:
+            table.reindex()
+        state.hasNew = table.hasNew()
         if not state.fileExists:
             self._writeUidList(state)
         else:
+            # New rows have the highest uids: they are the table's last.
+            self._appendUidList(state, table.items(before))
             # e.g. the first scan after many messages went while we were down
             self._compact(state)
 
-    def _lastUid(self, state: _FolderState) -> int:
-        if not state.entries:
-            return 0
-        return next(reversed(state.entries.values())).uid
-
-    def _entry(self, state: _FolderState, uid: str) -> Tuple[str, _Entry]:
+    def _entry(self, state: _FolderState, uid: str) -> int:
+        """
+        The row of C{uid} in the folder's table.
+        """
         if not uid.isdigit() or len(uid) > 20:
             raise NoSuchMessage(uid)
-        basename = state.byUid.get(int(uid))
-        if basename is None:
+        index = state.table.indexOf(int(uid))
+        if index < 0:
             raise NoSuchMessage(uid)
-        return basename, state.entries[basename]
+        return index
 
-    def _withFile(self, folderId: str, uid: str, action: Callable[[_FolderState, str, _Entry, str], T]) -> T:
+    def _withFile(self, folderId: str, uid: str, action: Callable[[_FolderState, int, str], T]) -> T:
         """
-        Run C{action(state, basename, entry, path)} on the message's file.
-        An unknown uid gets one look at changed directories; a file that
-        is not where it was (another reader changed its flags) one full
-        rescan.
+        Run C{action(state, index, path)} on the message's file, C{index}
+        being its row in C{state.table}. An unknown uid gets one look at
+        changed directories; a file that is not where it was (another
+        reader changed its flags) one full rescan.
         """
         if not uid.isdigit() or len(uid) > 20:
             raise NoSuchMessage(uid)
         state = self._state(folderId)
         for attempt in (1, 2):
             try:
-                basename, entry = self._entry(state, uid)
-                path = os.path.join(self._dirPath(state.dirname), entry.sub, entry.filename)
-                return action(state, basename, entry, path)
+                index = self._entry(state, uid)
+                table = state.table
+                path = os.path.join(self._dirPath(state.dirname), table.sub(index), table.filename(index))
+                return action(state, index, path)
             except NoSuchMessage:
                 if attempt == 2:
                     raise
@@ -1112,10 +981,10 @@ class MaildirMailbox:
 
     def _doMessages(self, folderId: str) -> Listing:
         state = self._state(folderId, fresh=True, claimNew=True)
-        return _Listing(list(state.entries.values()))
+        return state.table.listing()
 
     def _doMessage(self, folderId: str, uid: str) -> bytes:
-        def read(state: _FolderState, basename: str, entry: _Entry, path: str) -> bytes:
+        def read(state: _FolderState, index: int, path: str) -> bytes:
             with open(path, "rb") as f:
                 return f.read()
 
@@ -1169,28 +1038,32 @@ class MaildirMailbox:
             raise
         _fsyncDirectory(os.path.join(folderPath, sub))
         state.hasNew = state.hasNew or sub == "new"
-        entry = _Entry(state.nextUid, sub, filename, _toSeconds(mtime), len(raw), basename=basename)
+        uid = state.nextUid
+        state.table.add(uid, basename, sub, filename[len(basename) :], _toSeconds(mtime), len(raw))
         state.nextUid += 1
-        self._add(state, basename, entry)
-        self._appendUidList(state, [(entry.uid, basename)])
-        return str(entry.uid)
+        self._appendUidList(state, [(uid, basename)])
+        return str(uid)
 
     def _doSetFlags(self, folderId: str, uid: str, flags: Sequence[Flag]) -> bool:
         wanted = frozenset(flags)
 
-        def rename(state: _FolderState, basename: str, entry: _Entry, path: str) -> bool:
-            if entry.sub == "cur" and _flagsOf(entry.filename) == wanted:
+        def rename(state: _FolderState, index: int, path: str) -> bool:
+            table = state.table
+            basename, current = table.basename(index), table.filename(index)
+            if table.sub(index) == "cur" and _flagsOf(current) == wanted:
                 return False
-            changed = _flagsOf(entry.filename) != wanted
-            target = _withFlags(basename, entry.filename, wanted)
+            changed = _flagsOf(current) != wanted
+            target = _withFlags(basename, current, wanted)
             os.rename(path, os.path.join(self._dirPath(state.dirname), "cur", target))
-            entry.sub, entry.filename = "cur", target
+            table.setFile(index, "cur", target[len(basename) :])
             return changed
 
         return self._withFile(folderId, uid, rename)
 
     def _doReplace(self, folderId: str, uid: str, raw: bytes) -> None:
-        def replace(state: _FolderState, basename: str, entry: _Entry, path: str) -> None:
+        def replace(state: _FolderState, index: int, path: str) -> None:
+            table = state.table
+            uid, received, current = table.uid(index), table.received(index), table.filename(index)
             folderPath = self._dirPath(state.dirname)
             # A new name: the old one carries the old size (S=).
             newBasename = self._uniqueName(len(raw))
@@ -1202,9 +1075,9 @@ class MaildirMailbox:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                mtime = _toNanoseconds(entry.received)
+                mtime = _toNanoseconds(received)
                 os.utime(tmp, ns=(mtime, mtime))
-                filename = _withFlags(newBasename, entry.filename, _flagsOf(entry.filename))
+                filename = _withFlags(newBasename, current, _flagsOf(current))
                 os.rename(tmp, os.path.join(folderPath, "cur", filename))
             except BaseException:
                 try:
@@ -1214,67 +1087,65 @@ class MaildirMailbox:
                 raise
             # The uid list learns the new name before the old file goes: a
             # crash in between leaves the draft twice, never lost.
-            self._appendUidList(state, [(entry.uid, newBasename)])
+            self._appendUidList(state, [(uid, newBasename)])
             os.unlink(path)
             _fsyncDirectory(os.path.join(folderPath, "cur"))
-            del state.entries[basename]
-            replacement = state.entries[newBasename] = _Entry(
-                entry.uid, "cur", filename, entry.received, len(raw), basename=newBasename
-            )
-            replacement.mark = state.mark
-            # Entries stay in uid order (listings rely on it).
-            state.entries = dict(sorted(state.entries.items(), key=lambda item: item[1].uid))
-            state.byUid[entry.uid] = newBasename
+            # Same uid, so the same row.
+            table.rename(index, newBasename)
+            table.setFile(index, "cur", filename[len(newBasename) :])
+            table.setStat(index, received, len(raw))
 
         self._withFile(folderId, uid, replace)
 
     def _doMove(self, folderId: str, uid: str, toFolderId: str) -> str:
         target = self._state(toFolderId)
 
-        def move(state: _FolderState, basename: str, entry: _Entry, path: str) -> str:
+        def move(state: _FolderState, index: int, path: str) -> str:
+            table = state.table
+            basename, filename, sub = table.basename(index), table.filename(index), table.sub(index)
+            received, size = table.received(index), table.size(index)
             if state is target:
                 # Nothing to move on disk; the message still gets a new uid.
-                self._forget(state, [basename])
+                self._forget(state, [index])
                 newBasename = basename
-                filename = entry.filename
-                sub = entry.sub
             else:
                 # Keep the basename unless the target already has it
                 # (a copy of the same file).
-                newBasename = basename if basename not in target.entries else self._uniqueName(entry.size)
+                newBasename = basename if target.table.find(basename) < 0 else self._uniqueName(size)
                 sub = "cur"
-                filename = _withFlags(newBasename, entry.filename, _flagsOf(entry.filename))
+                filename = _withFlags(newBasename, filename, _flagsOf(filename))
                 targetCur = os.path.join(self._dirPath(target.dirname), "cur")
                 os.rename(path, os.path.join(targetCur, filename))
                 _fsyncDirectory(targetCur)
-                self._forget(state, [basename])
-            moved = _Entry(target.nextUid, sub, filename, entry.received, entry.size, basename=newBasename)
+                self._forget(state, [index])
+            uid = target.nextUid
+            target.table.add(uid, newBasename, sub, filename[len(newBasename) :], received, size)
             target.nextUid += 1
-            self._add(target, newBasename, moved)
-            self._appendUidList(target, [(moved.uid, newBasename)])
-            return str(moved.uid)
+            self._appendUidList(target, [(uid, newBasename)])
+            return str(uid)
 
         return self._withFile(folderId, uid, move)
 
     def _doDelete(self, folderId: str, uid: str) -> None:
-        def unlink(state: _FolderState, basename: str, entry: _Entry, path: str) -> None:
+        def unlink(state: _FolderState, index: int, path: str) -> None:
             os.unlink(path)
-            self._forget(state, [basename])
+            self._forget(state, [index])
 
         self._withFile(folderId, uid, unlink)
 
     def _doEmpty(self, folderId: str) -> bool:
         state = self._state(folderId)
         self._scan(state, force=True)
-        if not state.entries:
+        table = state.table
+        if not len(table):
             return False
         folderPath = self._dirPath(state.dirname)
-        for entry in state.entries.values():
+        for index in range(len(table)):
             try:
-                os.unlink(os.path.join(folderPath, entry.sub, entry.filename))
+                os.unlink(os.path.join(folderPath, table.sub(index), table.filename(index)))
             except FileNotFoundError:
                 pass
-        self._forget(state, list(state.entries))
+        table.clear()
         if state.fileLines:
             self._writeUidList(state)
         return True
@@ -1364,27 +1235,6 @@ class MaildirMailbox:
                 self._announce([folderId])
 
         return d.addCallback(announce)
-
-
-def _baseOf(entry: _Entry) -> str:
-    return entry._base
-
-
-def _uidOf(entry: _Entry) -> int:
-    return entry.uid
-
-
-def _shared(tail: str) -> str:
-    """
-    C{tail} (the part of a file name after its basename), as one string
-    for each distinct one. Bounded.
-    """
-    shared = _TAILS.get(tail)
-    if shared is None:
-        if len(_TAILS) >= 1024:
-            _TAILS.clear()
-        shared = _TAILS[tail] = tail
-    return shared
 
 
 def _templateFields(template: str) -> List[str]:

@@ -66,7 +66,7 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from ..model import FolderChange, NoSuchFolder
-from .maildir import UnsafeUserName, _flagsOf
+from .maildir import UnsafeUserName
 
 if TYPE_CHECKING:
     from .maildir import MaildirBackend, MaildirMailbox, _FolderState
@@ -174,8 +174,7 @@ class _Notifier(INotify):
 
 
 def _fingerprint(state: "_FolderState") -> Fingerprint:
-    entries = state.entries.values()
-    return len(state.entries), hash(tuple((entry.uid, _flagsOf(entry.filename)) for entry in entries))
+    return state.table.fingerprint()
 
 
 def _rescan(box: "MaildirMailbox", folderId: str) -> Tuple[str, Optional[Fingerprint], Fingerprint]:
