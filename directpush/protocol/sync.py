@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, MutableMapping, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -36,6 +36,7 @@ from .compose import addMissingHeaders
 from .render import RenderJob, jobFor
 from .core import Services, dumps, folderById, loads, newKey, nextKey
 from .dispatch import Response, wbxmlResponse
+from .itemmap import ItemMap
 from .request import EASRequest
 
 log = Logger()
@@ -61,7 +62,7 @@ DAY = 24 * 60 * 60
 #: FilterType -> the age of the oldest message in the window (digest §5.3).
 FILTER_WINDOWS = {1: DAY, 2: 3 * DAY, 3: 7 * DAY, 4: 14 * DAY, 5: 31 * DAY, 6: 92 * DAY, 7: 183 * DAY}
 
-Items = Dict[str, Any]
+Items = MutableMapping[str, Any]
 
 #: Bits of an item's state as the device knows it.
 READ = 1
@@ -113,15 +114,13 @@ def _packItems(items: Items) -> Dict[str, str]:
     JSON of the map itself makes a small string for every key and value.
     """
     _upgrade(items)
+    if isinstance(items, ItemMap):
+        return items.packed()
     return {str(bits): ",".join([uid for uid, value in items.items() if value == bits]) for bits in set(items.values())}
 
 
 def _unpackItems(packed: Dict[str, str]) -> Items:
-    items: Items = {}
-    for bits, uids in packed.items():
-        if uids:
-            items.update(dict.fromkeys(uids.split(","), int(bits)))
-    return items
+    return ItemMap.fromPacked(packed)
 
 
 def loadState(raw: Optional[bytes]) -> Optional[Dict[str, Any]]:
@@ -582,7 +581,7 @@ async def _syncCollection(
     filterValue = filterType(collection.options)
 
     if collection.syncKey == "0":
-        state = {"key": f"{newKey()}-1", "items": {}, "filter": filterValue}
+        state = {"key": f"{newKey()}-1", "items": ItemMap(), "filter": filterValue}
         answer.add("SyncKey", state["key"])
         answer.add("CollectionId", folder.id)
         answer.add("Status", OK)
