@@ -84,3 +84,32 @@ class ItemMapTests(SynchronousTestCase):
         self.assertEqual(len(items), 20000)
         self.assertLessEqual(len(items._dense), 20001)
         self.assertEqual(items._other, {})
+
+    def test_storedRoundTrip(self) -> None:
+        """
+        L{ItemMap.stored} gives the numeric uids as a short compressed
+        string and the others packed; L{ItemMap.fromStored} reads it back,
+        and refuses what it did not make.
+        """
+        items = ItemMap([(str(n), 0) for n in range(1, 20001)] + [("a-1", 2)])
+        items["5"] = 3
+        dense, others = items.stored()
+        self.assertLess(len(dense), 200)
+        self.assertEqual(others, {"2": "a-1"})
+        self.assertEqual(ItemMap.fromStored(dense, others), items)
+        self.assertEqual(ItemMap.fromStored(*ItemMap().stored()), {})
+        for bad in ("!!", dense[:-8], "eJw=", dense + dense):
+            self.assertRaises(ValueError, ItemMap.fromStored, bad, others)
+        self.assertRaises(ValueError, ItemMap.fromStored, dense, {"1": "5"})
+
+    def test_highUidStaysWhereItWas(self) -> None:
+        """
+        A numeric uid kept in the dict (too high when it came) reads back
+        from the stored form, though the map is now big enough to hold it
+        in the bytearray.
+        """
+        items = ItemMap([("100000", 1)])
+        for n in range(1, 10001):
+            items[str(n)] = 0
+        self.assertEqual(items._other, {"100000": 1})
+        self.assertEqual(ItemMap.fromStored(*items.stored()), items)

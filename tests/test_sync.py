@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import globalLogPublisher
 
 from directpush.model import Flag, FolderType, Listing, MessageInfo
 from directpush.protocol import sync
 from directpush.protocol.core import dumps, loads
+from directpush.protocol.itemmap import ItemMap
 from directpush.protocol.render import renderInline
 from directpush.wbxml import E
 
@@ -38,8 +40,10 @@ class StateTests(CommandTestCase):
 
     def test_packedState(self) -> None:
         """
-        The items of a stored state are packed (flag bits -> the uids with
-        them, comma-joined), and read back as the map.
+        The items of a stored state are packed: numeric uids as one
+        compressed byte each (L{sync.DENSE}), others by flag bits (L{sync.PACKED});
+        they read back as the map. The older form (every uid in
+        L{sync.PACKED}) still reads.
         """
         for n in range(6):
             self.deliver(f"m{n}")
@@ -49,12 +53,34 @@ class StateTests(CommandTestCase):
         raw = self.successResultOf(self.store.load(USER, self.phone.deviceId, sync.stateKey(self.inbox)))
         stored = loads(raw)
         self.assertNotIn("items", stored)
-        self.assertEqual(sorted(stored[sync.PACKED]), ["0", "1"])
-        self.assertEqual(stored[sync.PACKED]["1"], first)
-        self.assertEqual(len(stored[sync.PACKED]["0"].split(",")), 5)
+        self.assertEqual(stored[sync.PACKED], {})
+        self.assertIsInstance(stored[sync.DENSE], str)
         items = sync.loadState(raw)["items"]
         self.assertEqual(items[first], sync.READ)
         self.assertEqual(sorted(items.values()), [0] * 5 + [1])
+        older = dict(stored)
+        del older[sync.DENSE]
+        older[sync.PACKED] = ItemMap(items.items()).packed()
+        self.assertEqual(sorted(older[sync.PACKED]), ["0", "1"])
+        self.assertEqual(older[sync.PACKED]["1"], first)
+        self.assertEqual(sync.loadState(dumps(older))["items"], items)
+
+    def test_unreadableItems(self) -> None:
+        """
+        A state whose items cannot be read is no state (the device starts
+        over), and says so in the log.
+        """
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        raw = dumps({"key": "k-1", "filter": 0, sync.DENSE: "not base64!", sync.PACKED: {}})
+        self.assertIsNone(sync.loadState(raw))
+        cut = loads(sync.dumpState({"key": "k-1", "filter": 0, "items": ItemMap([("7", 1)])}))
+        self.assertEqual(sync.loadState(dumps(cut))["items"], {"7": 1})
+        cut[sync.DENSE] = cut[sync.DENSE][:-4]
+        self.assertIsNone(sync.loadState(dumps(cut)))
+        dropped = [e for e in events if "unreadable sync state" in e.get("log_format", "")]
+        self.assertEqual(len(dropped), 2)
 
     def test_previousKeyAsUndo(self) -> None:
         """
@@ -214,7 +240,7 @@ class PendingChangesTests(CommandTestCase):
 
 
 def _run(coroutine: Any) -> Any:
-    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.defer import Deferred
 
     return Deferred.fromCoroutine(coroutine)
 

@@ -12,8 +12,11 @@ bytearray indexed by the number; any other uid goes to a dict beside it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import re
+import zlib
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Tuple
 
 __all__ = ["ItemMap"]
@@ -29,6 +32,9 @@ _DENSE_RATIO = 16
 _MAX_DIGITS = 18
 
 _PRESENT = re.compile(rb"[^\x00]")
+
+#: Largest dense bytearray read back (a uid of 64 million).
+_MAX_DENSE = 1 << 26
 
 
 def _number(uid: str) -> int:
@@ -99,15 +105,59 @@ class ItemMap(MutableMapping[str, int]):
                         self[uid] = value
         return self
 
+    @classmethod
+    def fromStored(cls, dense: str, others: Mapping[str, str]) -> "ItemMap":
+        """
+        The map from L{stored}'s form.
+
+        @raise ValueError: C{dense} is not what L{stored} makes.
+        """
+        self = cls()
+        if dense:
+            self._loadDense(dense)
+        # The others stay where they were (a numeric uid can be one: too
+        # high for the map when it came).
+        for bits, uids in others.items():
+            value = int(bits)
+            for part in _split(uids):
+                for uid in part:
+                    if uid in self:
+                        raise ValueError(f"bad dense items: {uid} stored twice")
+                    self._other[uid] = value
+        return self
+
+    def _loadDense(self, dense: str) -> None:
+        try:
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(base64.b64decode(dense.encode("ascii"), validate=True), _MAX_DENSE)
+        except (zlib.error, binascii.Error, UnicodeEncodeError) as e:
+            raise ValueError(f"bad dense items: {e}") from None
+        if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
+            raise ValueError("bad dense items: too long, cut short or followed by more")
+        self._dense = bytearray(raw)
+        self._denseCount = len(raw) - raw.count(0)
+
+    def stored(self) -> Tuple[str, Dict[str, str]]:
+        """
+        The map in a form for JSON: the numeric uids' bytearray,
+        compressed and in base64 (a few bytes for a big folder whose flags
+        are alike), and the other uids packed (see L{packed}).
+        """
+        dense = base64.b64encode(zlib.compress(self._dense, 1)).decode("ascii") if self._dense else ""
+        return dense, self._packed(None)
+
     def packed(self) -> Dict[str, str]:
         """
-        The stored form (see L{fromPacked}).
+        The map as value (as a string) -> uids, comma-separated (see
+        L{fromPacked}).
         """
-        dense = self._dense
+        return self._packed(self._dense)
+
+    def _packed(self, dense: "bytearray | None") -> Dict[str, str]:
         groups: Dict[str, str] = {}
-        for byte in sorted(set(dense) - {0}):
+        for byte in sorted(set(dense or b"") - {0}):
             # (One byte value at a time: a folder has a few.)
-            positions = (str(match.start()) for match in re.finditer(re.escape(bytes([byte])), dense))
+            positions = (str(match.start()) for match in re.finditer(re.escape(bytes([byte])), dense or b""))
             groups[str(byte - 1)] = _joined(positions)
         others: Dict[str, List[str]] = {}
         for uid, value in self._other.items():
@@ -208,6 +258,8 @@ class ItemMap(MutableMapping[str, int]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
+        if len(self) > 20:
+            return f"<ItemMap of {len(self)} items>"
         return f"ItemMap({dict(self.items())!r})"
 
     def copy(self) -> "ItemMap":

@@ -105,6 +105,9 @@ def stateKey(collectionId: str) -> str:
 #: uids with those bits, comma-separated. Uids never hold a comma
 #: (L{directpush.model.ID_PATTERN}).
 PACKED = "itemsByState"
+#: With L{PACKED}, the numeric uids as L{ItemMap.stored} gives them (then
+#: L{PACKED} holds only the others).
+DENSE = "itemsDense"
 
 
 def _packItems(items: Items) -> Dict[str, str]:
@@ -114,32 +117,40 @@ def _packItems(items: Items) -> Dict[str, str]:
     JSON of the map itself makes a small string for every key and value.
     """
     _upgrade(items)
-    if isinstance(items, ItemMap):
-        return items.packed()
     return {str(bits): ",".join([uid for uid, value in items.items() if value == bits]) for bits in set(items.values())}
-
-
-def _unpackItems(packed: Dict[str, str]) -> Items:
-    return ItemMap.fromPacked(packed)
 
 
 def loadState(raw: Optional[bytes]) -> Optional[Dict[str, Any]]:
     """
     A collection's stored state (L{stateKey}), with its C{items} as a map
-    whichever form they were stored in.
+    whichever form they were stored in; None if there is none, or if its
+    items cannot be read (the device then starts over, as for a state
+    that is gone, rather than syncing from a wrong map).
     """
     state = loads(raw)
     if isinstance(state, dict) and PACKED in state:
-        state["items"] = _unpackItems(state.pop(PACKED))
+        packed = state.pop(PACKED)
+        dense = state.pop(DENSE, None)
+        try:
+            state["items"] = ItemMap.fromPacked(packed) if dense is None else ItemMap.fromStored(dense, packed)
+        except (ValueError, TypeError, AttributeError) as e:
+            log.error("unreadable sync state dropped: {error}", error=e)
+            return None
     return state
 
 
 def dumpState(state: Dict[str, Any]) -> bytes:
     """
-    A collection's state as stored: its items packed (L{PACKED}).
+    A collection's state as stored: its items packed (L{PACKED}, and
+    L{DENSE} for an L{ItemMap}).
     """
     stored = dict(state)
-    stored[PACKED] = _packItems(stored.pop("items"))
+    items = stored.pop("items")
+    _upgrade(items)
+    if isinstance(items, ItemMap):
+        stored[DENSE], stored[PACKED] = items.stored()
+    else:
+        stored[PACKED] = _packItems(items)
     return dumps(stored, sortKeys=False)
 
 
