@@ -157,6 +157,11 @@ class MessageTableTests(SynchronousTestCase):
         listing = t.listing()
         t.setFile(1, "cur", ":2,F")
         t.remove([0])
+        t.setStat(0, 7.0, 7)
+        t.add(3, "c", "cur", "", 3.0, 3)
+        again = t.listing()
+        t.setFile(0, "new", "")
+        self.assertEqual(list(again), [MessageInfo("2", frozenset({Flag.FLAGGED}), 7.0, 7), MessageInfo("3", frozenset(), 3.0, 3)])
         self.assertEqual(
             list(listing),
             [MessageInfo("1", frozenset({Flag.SEEN}), 1.0, 5), MessageInfo("2", frozenset(), 2.0, 6)],

@@ -82,9 +82,10 @@ def _key(basename: str, uid: int) -> int:
 
 class TableListing(Listing):
     """
-    A folder's listing as of one moment: copies of the table's columns
-    (28 bytes a message), each row made into a L{MessageInfo} only when
-    asked for. Later changes to the table do not show in it.
+    A folder's listing as of one moment: the table's columns, each row
+    made into a L{MessageInfo} only when asked for. Later changes to the
+    table do not show in it: the table changes copies of the columns it
+    lent (see L{MessageTable.listing}).
     """
 
     __slots__ = ("_uids", "_codes", "_received", "_sizes", "_flags")
@@ -131,6 +132,7 @@ class MessageTable:
         "_keys",
         "_tails",
         "_tailCodes",
+        "_lent",
     )
 
     def __init__(self) -> None:
@@ -149,6 +151,8 @@ class MessageTable:
         self._keys = array("Q")
         self._tails: List[str] = []
         self._tailCodes: Dict[str, int] = {}
+        # whether a listing holds the columns it shows (see listing())
+        self._lent = False
 
     # reading
 
@@ -253,13 +257,24 @@ class MessageTable:
             yield uid, names[start : start + length].decode(*_ENCODING)
 
     def listing(self) -> TableListing:
-        return TableListing(
-            array("Q", self._uids),
-            array("I", self._codes),
-            array("d", self._received),
-            array("Q", self._sizes),
-            [flagsOf(tail) for tail in self._tails],
-        )
+        """
+        The rows as they are now. The listing holds the very columns; the
+        table copies them before it next changes them (each Sync of a big
+        folder lists it, and most find it unchanged since the last).
+        """
+        self._lent = True
+        return TableListing(self._uids, self._codes, self._received, self._sizes, [flagsOf(tail) for tail in self._tails])
+
+    def _own(self) -> None:
+        """
+        Before changing a column in place: stop sharing it with listings.
+        """
+        if self._lent:
+            self._uids = array("Q", self._uids)
+            self._codes = array("I", self._codes)
+            self._received = array("d", self._received)
+            self._sizes = array("Q", self._sizes)
+            self._lent = False
 
     def fingerprint(self) -> Tuple[int, int]:
         """
@@ -281,6 +296,7 @@ class MessageTable:
         """
         if not 0 < uid <= MAX_UID:
             raise ValueError(f"uid {uid} out of range")
+        self._own()
         uids = self._uids
         if not uids or uid > uids[-1]:
             index = len(uids)
@@ -321,10 +337,12 @@ class MessageTable:
         """
         The row's file is now C{sub}/basename + C{tail}.
         """
+        self._own()
         self._bits[index] = (self._bits[index] & ~NEW) | (NEW if sub == "new" else 0)
         self._codes[index] = self._code(tail)
 
     def setStat(self, index: int, received: float, size: int) -> None:
+        self._own()
         self._received[index] = received
         self._sizes[index] = size
         self._bits[index] &= ~UNSTATED
@@ -350,6 +368,7 @@ class MessageTable:
         doomed = sorted(set(indexes), reverse=True)
         if not doomed:
             return
+        self._own()
         if len(doomed) <= INSERT_LIMIT:
             for index in doomed:
                 self._unindex(index)
