@@ -202,3 +202,19 @@ class MessageTableTests(SynchronousTestCase):
             t.rename(0, "a")
         self.assertLess(len(t._tails), 100)
         self.assertEqual(t.filename(0), "a:2,999")
+
+    def test_emptyTablesIndependent(self) -> None:
+        """
+        Empty tables share their empty columns, and rows added to one (or
+        to one emptied by L{MessageTable.clear}) show in no other.
+        """
+        a, b = MessageTable(), MessageTable()
+        self.assertIs(a._uids, b._uids)
+        empty = b.listing()
+        a.add(1, "a", "new", "", 1.0, 1)
+        a.clear()
+        a.add(2, "b", "cur", ":2,S", 2.0, 2)
+        b.unmarkAll()
+        self.assertEqual((len(b), b.find("b"), list(empty), b.hasNew()), (0, -1, [], False))
+        self.assertEqual(list(rowsOf(a)), [(2, "b", "cur", ":2,S", 2.0, 2)])
+        self.assertEqual(len(MessageTable()._tails), 0)

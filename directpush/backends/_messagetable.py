@@ -80,6 +80,17 @@ def _key(basename: str, uid: int) -> int:
     return ((hash(basename) & 0xFFFFFFFF) << _UID_BITS) | uid
 
 
+# The columns of every empty table: never changed in place (see
+# MessageTable._own).
+_NO_Q = array("Q")
+_NO_D = array("d")
+_NO_H = array("H")
+_NO_I = array("I")
+_NO_BYTES = bytearray()
+_NO_TAILS: List[str] = []
+_NO_CODES: Dict[str, int] = {}
+
+
 class TableListing(Listing):
     """
     A folder's listing as of one moment: the table's columns, each row
@@ -136,23 +147,26 @@ class MessageTable:
     )
 
     def __init__(self) -> None:
-        self._uids = array("Q")
-        self._sizes = array("Q")
-        self._received = array("d")
+        # An empty table shares empty columns with every other (a user
+        # waiting in Ping keeps a table per folder it watches); the
+        # first row gives it its own (see _own()).
+        self._uids = _NO_Q
+        self._sizes = _NO_Q
+        self._received = _NO_D
         # basename of row i: _names[_starts[i] : _starts[i] + _lengths[i]]
-        self._starts = array("Q")
-        self._lengths = array("H")
-        self._codes = array("I")
-        self._bits = bytearray()
-        self._names = bytearray()
+        self._starts = _NO_Q
+        self._lengths = _NO_H
+        self._codes = _NO_I
+        self._bits = _NO_BYTES
+        self._names = _NO_BYTES
         # bytes of _names no row uses any more
         self._garbage = 0
         # sorted (name hash << 32 | uid) of every row
-        self._keys = array("Q")
-        self._tails: List[str] = []
-        self._tailCodes: Dict[str, int] = {}
+        self._keys = _NO_Q
+        self._tails: List[str] = _NO_TAILS
+        self._tailCodes: Dict[str, int] = _NO_CODES
         # whether a listing holds the columns it shows (see listing())
-        self._lent = False
+        self._lent = True
 
     # reading
 
@@ -267,7 +281,8 @@ class MessageTable:
 
     def _own(self) -> None:
         """
-        Before changing a column in place: stop sharing it with listings.
+        Before changing a column in place: stop sharing it with listings
+        (and, in an empty table, with other tables).
         """
         if self._lent:
             self._uids = array("Q", self._uids)
@@ -275,6 +290,10 @@ class MessageTable:
             self._received = array("d", self._received)
             self._sizes = array("Q", self._sizes)
             self._lent = False
+            if self._names is _NO_BYTES:
+                self._starts, self._lengths, self._keys = array("Q"), array("H"), array("Q")
+                self._bits, self._names = bytearray(), bytearray()
+                self._tails, self._tailCodes = [], {}
 
     def fingerprint(self) -> Tuple[int, int]:
         """
