@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from array import array
 from bisect import bisect_left, insort
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Tuple
 
 from ..model import Flag, Listing, MessageInfo, Row
 
@@ -46,6 +46,9 @@ _ENCODING = ("utf-8", "surrogateescape")
 #: The hash index packs a 32-bit name hash over a 32-bit uid.
 _UID_BITS = 32
 MAX_UID = (1 << _UID_BITS) - 1
+
+#: Name offsets are 32-bit.
+_MAX_NAMES = (1 << 32) - 1
 
 #: Append one at a time (a sorted insert each) up to this many rows;
 #: beyond it, append them all and sort the index once.
@@ -150,11 +153,11 @@ class MessageTable:
         # An empty table shares empty columns with every other (a user
         # waiting in Ping keeps a table per folder it watches); the
         # first row gives it its own (see _own()).
-        self._uids = _NO_Q
+        self._uids = _NO_I
         self._sizes = _NO_Q
         self._received = _NO_D
         # basename of row i: _names[_starts[i] : _starts[i] + _lengths[i]]
-        self._starts = _NO_Q
+        self._starts = _NO_I
         self._lengths = _NO_H
         self._codes = _NO_I
         self._bits = _NO_BYTES
@@ -285,13 +288,13 @@ class MessageTable:
         (and, in an empty table, with other tables).
         """
         if self._lent:
-            self._uids = array("Q", self._uids)
+            self._uids = array("I", self._uids)
             self._codes = array("I", self._codes)
             self._received = array("d", self._received)
             self._sizes = array("Q", self._sizes)
             self._lent = False
             if self._names is _NO_BYTES:
-                self._starts, self._lengths, self._keys = array("Q"), array("H"), array("Q")
+                self._starts, self._lengths, self._keys = array("I"), array("H"), array("Q")
                 self._bits, self._names = bytearray(), bytearray()
                 self._tails, self._tailCodes = [], {}
 
@@ -324,6 +327,8 @@ class MessageTable:
             if uids[index] == uid:
                 raise ValueError(f"uid {uid} is taken")
         name = basename.encode(*_ENCODING)
+        if len(self._names) + len(name) > _MAX_NAMES:
+            raise ValueError("the folder's names fill the name buffer")
         uids.insert(index, uid)
         self._sizes.insert(index, size)
         self._received.insert(index, received)
@@ -341,16 +346,6 @@ class MessageTable:
         Rebuild the name index from the rows.
         """
         self._keys = array("Q", sorted(_key(basename, uid) for uid, basename in self.items()))
-
-    def addMany(self, rows: Sequence[Tuple[int, str, str, str, float, int]]) -> None:
-        """
-        L{add} each of C{rows} (uid, basename, sub, tail, received, size).
-        """
-        indexed = len(rows) <= INSERT_LIMIT
-        for uid, basename, sub, tail, received, size in rows:
-            self.add(uid, basename, sub, tail, received, size, indexed=indexed)
-        if not indexed:
-            self.reindex()
 
     def setFile(self, index: int, sub: str, tail: str) -> None:
         """
@@ -371,8 +366,10 @@ class MessageTable:
         Give the row another basename (same uid).
         """
         uid = self._uids[index]
-        self._unindex(index)
         name = basename.encode(*_ENCODING)
+        if len(self._names) + len(name) > _MAX_NAMES:
+            raise ValueError("the folder's names fill the name buffer")
+        self._unindex(index)
         self._garbage += self._lengths[index]
         self._starts[index] = len(self._names)
         self._lengths[index] = len(name)
@@ -475,7 +472,7 @@ class MessageTable:
         """
         if self._garbage > max(65536, len(self._names) // 2):
             names = bytearray()
-            starts = array("Q")
+            starts = array("I")
             for start, length in zip(self._starts, self._lengths):
                 starts.append(len(names))
                 names += self._names[start : start + length]
