@@ -61,11 +61,12 @@ async def getItemEstimate(
             response.add("Status", "4")
             response.add("Collection", E("CollectionId", collectionId))
             continue
-        changes, _ = await pendingChanges(
-            mailbox, collectionId, state["items"], filterType(options), services.clock.seconds()
+        # Counted, not listed: a big folder's estimate holds no item.
+        _, total = await pendingChanges(
+            mailbox, collectionId, state["items"], filterType(options), services.clock.seconds(), limit=0
         )
         response.add("Status", "1")
-        response.add("Collection", E("CollectionId", collectionId), E("Estimate", str(len(changes))))
+        response.add("Collection", E("CollectionId", collectionId), E("Estimate", str(total)))
     return wbxmlResponse(answer)
 
 

@@ -74,8 +74,10 @@ async def _changedFor(services: Services, user: str, deviceId: str, folderIds: F
         if state is None:
             continue
         filterValue = state.get("filter", 0)
-        changes, _ = await pendingChanges(mailbox, folderId, state["items"], filterValue, now)
-        if changes:
+        # Whether there is any change, not the list of them: a folder the
+        # device is still filling would list all it lacks.
+        _, total = await pendingChanges(mailbox, folderId, state["items"], filterValue, now, limit=0)
+        if total:
             changed.add(folderId)
     return frozenset(changed)
 
