@@ -19,6 +19,7 @@ writes them, under its mailbox lock, and keeps this table in step.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from array import array
 from bisect import bisect_left, insort
@@ -46,6 +47,9 @@ _ENCODING = ("utf-8", "surrogateescape")
 #: The hash index packs a 32-bit name hash over a 32-bit uid.
 _UID_BITS = 32
 MAX_UID = (1 << _UID_BITS) - 1
+
+#: Keys sorted at once when the index is rebuilt (see reindex()).
+_RUN = 4096
 
 #: Name offsets are 32-bit.
 _MAX_NAMES = (1 << 32) - 1
@@ -343,9 +347,22 @@ class MessageTable:
 
     def reindex(self) -> None:
         """
-        Rebuild the name index from the rows.
+        Rebuild the name index from the rows: sorted a slice at a time and
+        merged into an array of the right size, so that no list of every
+        key (some 45 bytes each) is made.
         """
-        self._keys = array("Q", sorted(_key(basename, uid) for uid, basename in self.items()))
+        runs = []
+        rows = self.items()
+        while True:
+            run = [_key(basename, uid) for uid, basename in itertools.islice(rows, _RUN)]
+            if not run:
+                break
+            run.sort()
+            runs.append(array("Q", run))
+        keys = array("Q", bytes(8 * len(self)))
+        for position, key in enumerate(heapq.merge(*runs)):
+            keys[position] = key
+        self._keys = keys
 
     def setFile(self, index: int, sub: str, tail: str) -> None:
         """

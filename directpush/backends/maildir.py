@@ -916,11 +916,15 @@ class MaildirMailbox:
             self._forget(state, vanished)
 
         before = len(table)
-        fresh = sorted(itertools.chain(unknown["cur"], unknown["new"]))
+        fresh: List[Optional[str]] = sorted(itertools.chain(unknown["cur"], unknown["new"]))
         indexed = len(fresh) <= INSERT_LIMIT
-        for basename in fresh:
+        for position, basename in enumerate(fresh):
+            # Each name is let go as its row takes it (a first scan of a
+            # big folder with no uid list finds every file unknown).
+            fresh[position] = None
+            assert basename is not None
             sub = "cur" if basename in unknown["cur"] else "new"
-            tail = unknown[sub][basename]
+            tail = unknown[sub].pop(basename)
             try:
                 st = os.stat(os.path.join(folderPath, sub, basename + tail))
             except FileNotFoundError:
@@ -929,6 +933,9 @@ class MaildirMailbox:
                 continue
             table.add(state.nextUid, basename, sub, tail, _toSeconds(st.st_mtime_ns), st.st_size, indexed=indexed)
             state.nextUid += 1
+        unknown["cur"].clear()
+        unknown["new"].clear()
+        del fresh
         if not indexed:
             table.reindex()
         state.hasNew = table.hasNew()
