@@ -22,7 +22,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import capturedLogs
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from directpush import auth, certificate, tap
 
@@ -71,6 +71,8 @@ class OptionsTests(SynchronousTestCase):
             (["--max-body", "10"], "at least 1024"),
             (["--backend", "mbox"], "'maildir' or 'imap'"),
             (["--backend", "imap"], "needs --imap"),
+            (["--malloc-arenas", "x"], "--malloc-arenas must be"),
+            (["--malloc-arenas", "-1"], "--malloc-arenas must be"),
         ]:
             e = self.assertRaises(tap.StartupError, tap.configFromOptions, options(*argv))
             self.assertIn(words, str(e))
@@ -83,6 +85,55 @@ class OptionsTests(SynchronousTestCase):
         for name in ("--listen", "--data", "--users", "--max-body", "--hostname", "--mail-root", "--domain", "--policy", "--smtp", "--smtp-ca-file", "--smtp-user", "--smtp-password-file", "--smtp-allow-plaintext", "--backend", "--imap", "--imap-ca-file", "--imap-allow-plaintext"):
             self.assertIn(name, text)
         self.assertIn("TLS-terminating proxy", text)
+
+
+_ARENAS = """
+import ctypes, sys, threading
+from directpush import tap
+if sys.argv[1] != "0" and not tap.limitMallocArenas(int(sys.argv[1])):
+    sys.exit(3)
+together = threading.Barrier(8)
+def work():
+    kept = [bytearray(4096) for _ in range(500)]  # malloc'd in this thread
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+sys.stderr.flush()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+class MallocArenaTests(SynchronousTestCase):
+    """
+    L{tap.limitMallocArenas} and C{--malloc-arenas}.
+    """
+
+    def arenas(self, limit: int) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        env["PYTHONPATH"] = ROOT.path
+        run = subprocess.run([sys.executable, "-c", _ARENAS, str(limit)], env=env, capture_output=True, timeout=60)
+        if run.returncode == 3:
+            raise SkipTest("not glibc: mallopt is not there")
+        self.assertEqual(run.returncode, 0, run.stderr)
+        return run.stderr.count(b"Arena ")
+
+    def test_threadsShareOneArena(self) -> None:
+        """
+        Eight threads allocating at once get arenas of their own, unless
+        the limit is one: then they share the main one.
+        """
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("glibc's malloc is Linux's")
+        self.assertGreater(self.arenas(0), 2)
+        self.assertEqual(self.arenas(1), 1)
+
+    def test_option(self) -> None:
+        """
+        One arena by default; 0 leaves glibc's default.
+        """
+        self.assertEqual(options()["malloc-arenas"], 1)
+        self.assertEqual(options("--malloc-arenas", "0")["malloc-arenas"], 0)
 
 
 class BuildServiceTests(SynchronousTestCase):
