@@ -17,12 +17,16 @@ from typing import Any, Dict, List, Set, Type, TypeVar
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
+from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from directpush.auth import CannotCheck
+from directpush.backends import imap
+from directpush.backends._imapclient import IMAPClient
 from directpush.backends.imap import IMAPBackend, IMAPChecker, imapEndpoint
 from directpush.interfaces import IMailboxBackend
 from directpush.model import Flag, FolderChange, FolderType, NoSuchMessage
@@ -452,3 +456,46 @@ class CheckerAndSessionTests(SynchronousTestCase):
     def _result(self, d: "Deferred[T]") -> T:
         spin(d)
         return self.successResultOf(d)
+
+
+class PrepareTimeoutTests(SynchronousTestCase):
+    """
+    A new connection that never becomes ready is given up, so that
+    ClientService tries again.
+    """
+
+    def prepare(self, ready: "Deferred[None]") -> "tuple[Deferred[None], StringTransport, Clock]":
+        clock = Clock()
+        transport = StringTransport()
+        proxy = IMAPClient()
+        proxy.makeConnection(transport)
+
+        async def prepare(client: IMAPClient) -> None:
+            await ready
+
+        return imap._prepareOrClose(proxy, prepare, clock), transport, clock
+
+    def test_silentServer(self) -> None:
+        """
+        A server that takes the connection and never answers: after
+        L{imap.PREPARE_TIMEOUT} the preparation fails and the connection
+        is aborted.
+        """
+        d, transport, clock = self.prepare(Deferred())
+        clock.advance(imap.PREPARE_TIMEOUT - 1)
+        self.assertNoResult(d)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.failureResultOf(d, defer.TimeoutError)
+        self.assertTrue(transport.disconnecting)
+
+    def test_ready(self) -> None:
+        """
+        A connection ready in time stays, and no timer is left behind.
+        """
+        ready: "Deferred[None]" = Deferred()
+        d, transport, clock = self.prepare(ready)
+        ready.callback(None)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(transport.disconnecting)

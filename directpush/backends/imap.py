@@ -89,6 +89,9 @@ IDLE_RENEW = 25 * 60.0
 WATCH_LINGER = 120.0
 #: A command (or a short series) that takes longer drops its connection.
 COMMAND_TIMEOUT = 120.0
+#: Seconds a new connection may take from connect to ready (greeting,
+#: TLS, login, and for the IDLE one its SELECT, NOTIFY and IDLE).
+PREPARE_TIMEOUT = 30.0
 #: Longest folder name accepted.
 MAX_NAME = 200
 
@@ -215,10 +218,16 @@ def _unwrap(protocol: Any) -> IMAPClient:
     return getattr(protocol, "_protocol", protocol)  # type: ignore[no-any-return]
 
 
-def _prepareOrClose(proxy: Any, prepare: Callable[[IMAPClient], Awaitable[None]]) -> "Deferred[None]":
+def _prepareOrClose(proxy: Any, prepare: Callable[[IMAPClient], Awaitable[None]], clock: IReactorTime) -> "Deferred[None]":
     """
-    Run C{prepare} on a new connection; if it fails, close the connection
-    without telling ClientService.
+    Run C{prepare} on a new connection; if it fails, or takes longer than
+    L{PREPARE_TIMEOUT}, close the connection without telling
+    ClientService, which then tries again.
+
+    The timeout: a server on its way down (or overloaded) can take the
+    connection and never greet, and ClientService waits for the
+    preparation as long as it takes, so a Dovecot restart could leave
+    the IDLE connection never reconnected.
 
     ClientService (Twisted 26.10) leaves a connection whose preparation
     failed open, and when it closes later its state machine, already
@@ -234,7 +243,9 @@ def _prepareOrClose(proxy: Any, prepare: Callable[[IMAPClient], Awaitable[None]]
             transport.abortConnection()
         return f
 
-    return Deferred.fromCoroutine(prepare(_unwrap(proxy))).addErrback(failed)
+    d = Deferred.fromCoroutine(prepare(_unwrap(proxy)))
+    d.addTimeout(PREPARE_TIMEOUT, clock)
+    return d.addErrback(failed)
 
 
 class _Session:
@@ -267,7 +278,7 @@ class _Session:
             Factory.forProtocol(lambda: IMAPClient()),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=self.clock,
-            prepareConnection=lambda proxy: _prepareOrClose(proxy, prepare),
+            prepareConnection=lambda proxy: _prepareOrClose(proxy, prepare, self.clock),
         )
         service.startService()
         return service
