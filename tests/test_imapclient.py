@@ -122,6 +122,19 @@ class ClientTests(SynchronousTestCase):
         self.client.dataReceived(b"0001 OK Idle completed\r\n")
         self.successResultOf(done)
 
+    def test_byeCloses(self) -> None:
+        """
+        A BYE while idling reaches C{onUntagged}, and the client closes the
+        connection itself: a server on its way down may leave it open.
+        """
+        self.connect()
+        self.client.idle()
+        self.client.dataReceived(b"+ idling\r\n")
+        self.assertFalse(self.transport.disconnecting)
+        self.client.dataReceived(b"* BYE Server shutting down.\r\n")
+        self.assertEqual(self.untagged, [[b"BYE", b"Server", b"shutting", b"down."]])
+        self.assertTrue(self.transport.disconnecting)
+
     def test_idleQueued(self) -> None:
         """
         IDLE asked for while a command is pending goes out after it, and

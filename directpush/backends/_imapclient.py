@@ -353,6 +353,12 @@ class IMAPClient(IMAP4Client):
                 self.onUntagged(response)
             except Exception:
                 log.failure("IMAP untagged handler failed")
+        if response and response[0] == b"BYE" and self.transport is not None:
+            # The server is going (RFC 3501 7.1.5), but may not close the
+            # socket soon, or at all (a process left behind by a restart):
+            # an idling connection would wait for its end until the next
+            # IDLE renewal. Close it, so the connection is made again.
+            self.transport.abortConnection()
 
     # commands
 
