@@ -200,6 +200,9 @@ class IMAPEndToEndTests(TestCase):
         phone, inbox = await self.ready()
         ping = await self.ping(phone, inbox)
         watcher = self.backend()._sessions[USER].watcher
+        # The Ping's IDLE connection is made as the Ping arrives: restart
+        # once it is up, or there is nothing to reconnect yet.
+        await self.waitFor(lambda: watcher.connections == 1 and watcher.client is not None and watcher.client.idling, "IDLE")
         self.dovecot.restart()
         await self.waitFor(
             lambda: watcher.connections >= 2 and watcher.client is not None and watcher.client.idling, "IDLE again"
