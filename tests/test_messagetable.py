@@ -5,15 +5,23 @@ per-folder store of message files.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from directpush.backends import _messagetable
-from directpush.backends._messagetable import INSERT_LIMIT, MAX_UID, MessageTable, rowsOf
+from directpush.backends._messagetable import INSERT_LIMIT, MAX_UID, MessageTable, flagsOf
 from directpush.model import Flag, MessageInfo
 
 Row = Tuple[int, str, str, str, float, int]
+
+
+def rowsOf(table: MessageTable) -> Iterator[Row]:
+    """
+    Every row of C{table} as (uid, basename, sub, tail, received, size).
+    """
+    for index in range(len(table)):
+        yield table.uid(index), table.basename(index), table.sub(index), table.tail(index), table.received(index), table.size(index)
 
 
 def table(*rows: Row) -> MessageTable:
@@ -32,8 +40,7 @@ class MessageTableTests(SynchronousTestCase):
         t = table((5, "b.host", "new", "", 2.5, 20), (2, "a.host", "cur", ":2,S", 1.5, 10))
         self.assertEqual(list(rowsOf(t)), [(2, "a.host", "cur", ":2,S", 1.5, 10), (5, "b.host", "new", "", 2.5, 20)])
         self.assertEqual(t.filename(0), "a.host:2,S")
-        self.assertEqual(t.flags(0), {Flag.SEEN})
-        self.assertEqual(t.lastUid(), 5)
+        self.assertEqual(flagsOf(t.tail(0)), {Flag.SEEN})
         self.assertEqual((t.indexOf(5), t.indexOf(2), t.indexOf(3), t.indexOf(99)), (1, 0, -1, -1))
         self.assertEqual((t.find("b.host"), t.find("a.host"), t.find("c.host")), (1, 0, -1))
         self.assertTrue(t.hasNew())

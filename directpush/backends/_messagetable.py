@@ -27,7 +27,7 @@ from typing import Dict, FrozenSet, Iterable, Iterator, List, Tuple
 
 from ..model import Flag, Listing, MessageInfo, Row
 
-__all__ = ["INSERT_LIMIT", "MAX_UID", "MessageTable", "TableListing", "flagsOf", "rowsOf"]
+__all__ = ["INSERT_LIMIT", "MAX_UID", "MessageTable", "TableListing", "flagsOf"]
 
 #: Row bits: the file is in new/ (else cur/).
 NEW = 1
@@ -183,9 +183,6 @@ class MessageTable:
     def uid(self, index: int) -> int:
         return self._uids[index]
 
-    def lastUid(self) -> int:
-        return self._uids[-1] if self._uids else 0
-
     def basename(self, index: int) -> str:
         start = self._starts[index]
         return self._names[start : start + self._lengths[index]].decode(*_ENCODING)
@@ -201,9 +198,6 @@ class MessageTable:
 
     def sub(self, index: int) -> str:
         return "new" if self._bits[index] & NEW else "cur"
-
-    def flags(self, index: int) -> FrozenSet[Flag]:
-        return flagsOf(self.tail(index))
 
     def received(self, index: int) -> float:
         return self._received[index]
@@ -431,9 +425,6 @@ class MessageTable:
         """
         self._bits = self._bits.translate(_CLEAR_SEEN)
 
-    def mark(self, index: int) -> None:
-        self._bits[index] |= SEEN
-
     def marked(self, index: int) -> bool:
         return bool(self._bits[index] & SEEN)
 
@@ -498,13 +489,4 @@ class MessageTable:
             tails = [self._tails[code] for code in self._codes]
             self._tails, self._tailCodes = [], {}
             self._codes = array("I", [self._code(tail) for tail in tails])
-
-
-def rowsOf(table: MessageTable) -> Iterator[Tuple[int, str, str, str, float, int]]:
-    """
-    Every row of C{table} as (uid, basename, sub, tail, received, size): for
-    tests and debugging.
-    """
-    for index in range(len(table)):
-        yield table.uid(index), table.basename(index), table.sub(index), table.tail(index), table.received(index), table.size(index)
 
