@@ -60,7 +60,7 @@ class StateTests(CommandTestCase):
         self.assertEqual(sorted(items.values()), [0] * 5 + [1])
         older = dict(stored)
         del older[sync.DENSE]
-        older[sync.PACKED] = ItemMap(items.items()).packed()
+        older[sync.PACKED] = sync._packItems(dict(items.items()))
         self.assertEqual(sorted(older[sync.PACKED]), ["0", "1"])
         self.assertEqual(older[sync.PACKED]["1"], first)
         self.assertEqual(sync.loadState(dumps(older))["items"], items)

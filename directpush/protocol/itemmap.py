@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import re
 import zlib
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Tuple
@@ -58,13 +57,6 @@ def _split(text: str, chunk: int = 4096) -> Iterator[List[str]]:
         else:
             text = ""
         yield parts
-
-
-def _joined(uids: Iterator[str]) -> str:
-    """
-    C{",".join(uids)}, a slice at a time (see L{_split}).
-    """
-    return ",".join(iter(lambda: ",".join(itertools.islice(uids, 4096)), ""))
 
 
 class ItemMap(MutableMapping[str, int]):
@@ -141,31 +133,20 @@ class ItemMap(MutableMapping[str, int]):
         """
         The map in a form for JSON: the numeric uids' bytearray,
         compressed and in base64 (a few bytes for a big folder whose flags
-        are alike), and the other uids packed (see L{packed}).
+        are alike), and the other uids packed as L{fromPacked} reads them.
         """
         dense = base64.b64encode(zlib.compress(self._dense, 1)).decode("ascii") if self._dense else ""
-        return dense, self._packed(None)
+        return dense, self._otherPacked()
 
-    def packed(self) -> Dict[str, str]:
+    def _otherPacked(self) -> Dict[str, str]:
         """
-        The map as value (as a string) -> uids, comma-separated (see
-        L{fromPacked}).
+        The uids kept in the dict, as value (as a string) -> uids,
+        comma-separated.
         """
-        return self._packed(self._dense)
-
-    def _packed(self, dense: "bytearray | None") -> Dict[str, str]:
-        groups: Dict[str, str] = {}
-        for byte in sorted(set(dense or b"") - {0}):
-            # (One byte value at a time: a folder has a few.)
-            positions = (str(match.start()) for match in re.finditer(re.escape(bytes([byte])), dense or b""))
-            groups[str(byte - 1)] = _joined(positions)
         others: Dict[str, List[str]] = {}
         for uid, value in self._other.items():
             others.setdefault(str(value), []).append(uid)
-        for bits, uids in others.items():
-            joined = ",".join(uids)
-            groups[bits] = groups[bits] + "," + joined if bits in groups else joined
-        return groups
+        return {bits: ",".join(uids) for bits, uids in others.items()}
 
     def _put(self, n: int, value: int) -> None:
         dense = self._dense
@@ -261,11 +242,3 @@ class ItemMap(MutableMapping[str, int]):
         if len(self) > 20:
             return f"<ItemMap of {len(self)} items>"
         return f"ItemMap({dict(self.items())!r})"
-
-    def copy(self) -> "ItemMap":
-        clone = ItemMap()
-        clone._dense = bytearray(self._dense)
-        clone._denseCount = self._denseCount
-        clone._other = dict(self._other)
-        return clone
-

@@ -116,7 +116,6 @@ def _packItems(items: Items) -> Dict[str, str]:
     handful of JSON strings built from the uids it already holds, where
     JSON of the map itself makes a small string for every key and value.
     """
-    _upgrade(items)
     return {str(bits): ",".join([uid for uid, value in items.items() if value == bits]) for bits in set(items.values())}
 
 
