@@ -279,6 +279,20 @@ def _messageNames(path: str) -> Iterator[Tuple[str, str]]:
                 yield name, basename
 
 
+def _uidLines(entries: Iterable[Tuple[int, str]]) -> Iterator[Tuple[int, bytes]]:
+    """
+    Uid list lines for (uid, basename) pairs, a slice at a time as (how
+    many, bytes): a big folder's list is never held whole, nor as a
+    string for each line.
+    """
+    pairs = iter(entries)
+    while True:
+        part = [f"{uid} {basename}\n" for uid, basename in itertools.islice(pairs, 1024)]
+        if not part:
+            return
+        yield len(part), "".join(part).encode("utf-8", "surrogateescape")
+
+
 def _repairMaildir(path: str) -> None:
     """
     Give an existing maildir C{path} whichever of cur/new/tmp it lacks: a
@@ -794,15 +808,9 @@ class MaildirMailbox:
         header = f"{_UIDLIST_MAGIC} 1 V{state.uidValidity} N{state.nextUid}\n".encode()
 
         def chunks() -> Iterator[bytes]:
-            # Written a slice of lines at a time: a big folder's list is
-            # never held whole, nor as a string for each line.
             yield header
-            lines = state.table.items()
-            while True:
-                part = "".join([f"{uid} {basename}\n" for uid, basename in itertools.islice(lines, 1024)])
-                if not part:
-                    return
-                yield part.encode("utf-8", "surrogateescape")
+            for _, data in _uidLines(state.table.items()):
+                yield data
 
         folderPath = self._dirPath(state.dirname)
         _writeAtomically(self._uidListPath(state), chunks(), os.path.join(folderPath, "tmp"))
@@ -813,19 +821,14 @@ class MaildirMailbox:
         if not state.fileExists:
             self._writeUidList(state)
             return
-        lines = iter(added)
         count = 0
         fd = None
         try:
-            while True:
-                part = list(itertools.islice(lines, 1024))
-                if not part:
-                    break
-                data = "".join([f"{uid} {basename}\n" for uid, basename in part]).encode("utf-8", "surrogateescape")
+            for lines, data in _uidLines(added):
                 if fd is None:
                     fd = os.open(self._uidListPath(state), os.O_WRONLY | os.O_APPEND)
                 _writeAll(fd, data)
-                count += len(part)
+                count += lines
             if fd is not None:
                 os.fsync(fd)
         finally:
