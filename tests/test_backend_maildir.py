@@ -271,6 +271,68 @@ class LayoutTests(_MaildirTestMixin):
         self.assertTrue(maildir.child("new").isdir())
 
 
+class _Killed(BaseException):
+    """
+    The process dies here (as SIGKILL would: nothing after it runs).
+    """
+
+
+class RenameCutShortTests(_MaildirTestMixin):
+    """
+    A FolderUpdate killed part way keeps the folder's id, under whichever
+    name its directory has.
+    """
+
+    def renameKilled(self, kill: str) -> "tuple[str, str]":
+        box = self.open()
+        folder = self.successResultOf(box.createFolder(None, "Scratch"))
+        child = self.successResultOf(box.createFolder(folder.id, "Child"))
+        if kill == "before the map":
+            real = maildir.MaildirMailbox._saveFolderMap
+
+            def save(self: maildir.MaildirMailbox, renaming: Any = ()) -> None:
+                if not renaming:
+                    raise _Killed()
+                real(self, renaming)
+
+            restore = self.patch(maildir.MaildirMailbox, "_saveFolderMap", save)
+        else:
+            def rename(source: str, target: str) -> None:
+                raise _Killed()
+
+            restore = self.patch(maildir.os, "rename", rename)
+        d = box.updateFolder(folder.id, None, "Renamed")
+        self.assertRaises(_Killed, self.failureResultOf(d).raiseException)
+        restore.restore()
+        return folder.id, child.id
+
+    def names(self) -> "dict[str, tuple[str, Optional[str]]]":
+        box = self.open(self.backend())
+        return {f.id: (f.name, f.parentId) for f in self.successResultOf(box.folders())}
+
+    def test_renamedNotRecorded(self) -> None:
+        """
+        Killed after the directories moved, before the map said so: the
+        ids follow the directories.
+        """
+        folderId, childId = self.renameKilled("before the map")
+        self.assertTrue(self.home.child(".Renamed.Child").isdir())
+        names = self.names()
+        self.assertEqual(names[folderId], ("Renamed", None))
+        self.assertEqual(names[childId], ("Child", folderId))
+        self.assertNotIn("renaming", self.home.child(maildir.FOLDERS_FILE).getContent().decode())
+
+    def test_notRenamed(self) -> None:
+        """
+        Killed before the directories moved: the folders keep their ids
+        under their old names.
+        """
+        folderId, childId = self.renameKilled("before the rename")
+        names = self.names()
+        self.assertEqual(names[folderId], ("Scratch", None))
+        self.assertEqual(names[childId], ("Child", folderId))
+
+
 class DovecotTests(_MaildirTestMixin):
     """
     An existing Dovecot (Maildir++) maildir is served as it is.

@@ -61,7 +61,7 @@ import socket
 import stat
 import threading
 import weakref
-from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -489,44 +489,75 @@ class MaildirMailbox:
             return
         fresh = not os.path.exists(os.path.join(self._path, FOLDERS_FILE))
         _makeMaildir(self._path, subfolder=False)
-        self._loadFolderMap()
-        self._doRefreshFolders(createJunk=fresh)
+        renamed = self._loadFolderMap()
+        if not self._doRefreshFolders(createJunk=fresh) and renamed:
+            self._saveFolderMap()
         self._opened = True
         if fresh:
             log.info("maildir for {user} ready at {path}", user=self.user, path=self._path)
 
-    def _loadFolderMap(self) -> None:
+    def _loadFolderMap(self) -> bool:
+        """
+        Read the folder map; return whether it recorded renames (which it
+        then no longer needs to).
+        """
         self._ids = {"": INBOX_ID}
         try:
             with open(os.path.join(self._path, FOLDERS_FILE), "rb") as f:
                 data = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError:
-            return
+            return False
         except ValueError:
             # Ids are lost, messages are not: carry on with new ids.
             log.error("unreadable {file} in {path}; folder ids restart", file=FOLDERS_FILE, path=self._path)
-            return
+            return False
         folders = data.get("folders", {})
         for dirname, folderId in folders.items():
             if dirname and isinstance(folderId, str) and folderId != INBOX_ID:
                 self._ids[dirname] = folderId
         self._roles = {k: v for k, v in data.get("roles", {}).items() if isinstance(v, str)}
+        renaming = data.get("renaming")
+        if not isinstance(renaming, list):
+            renaming = []
+        for pair in renaming:
+            # A rename cut short by a crash: the id goes with the directory.
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(d, str) and d for d in pair)):
+                continue
+            source, target = pair
+            if _parseDirname(target) is None or source not in self._ids or target in self._ids:
+                continue
+            if self._isDir(target) and not self._isDir(source):
+                self._ids[target] = self._ids.pop(source)
         numeric = [int(i) for i in self._ids.values() if i.isdigit()]
         self._nextId = max([int(data.get("next", 2)), 2] + [n + 1 for n in numeric])
         self._dirs = {v: k for k, v in self._ids.items()}
+        return bool(renaming)
 
-    def _saveFolderMap(self) -> None:
-        data = {
+    def _saveFolderMap(self, renaming: Sequence[Tuple[str, str]] = ()) -> None:
+        """
+        Write the folder map.
+
+        @param renaming: (source, target) directory renames about to be
+            made: recorded so that a crash between them and the next save
+            leaves each folder its id under whichever name its directory
+            has (see L{_loadFolderMap}).
+        """
+        data: Dict[str, Any] = {
             "version": 1,
             "next": self._nextId,
             "folders": {d: i for d, i in sorted(self._ids.items()) if d},
             "roles": dict(sorted(self._roles.items())),
         }
+        if renaming:
+            data["renaming"] = [list(pair) for pair in renaming]
         _writeAtomically(
             os.path.join(self._path, FOLDERS_FILE),
             json.dumps(data, indent=1).encode("utf-8") + b"\n",
             os.path.join(self._path, "tmp"),
         )
+
+    def _isDir(self, dirname: str) -> bool:
+        return os.path.isdir(self._dirPath(dirname))
 
     def _newId(self) -> str:
         folderId = str(self._nextId)
@@ -691,6 +722,8 @@ class MaildirMailbox:
                 and os.path.samefile(self._dirPath(target), self._dirPath(oldDir))
             ):
                 raise FolderExists(name)
+        # The map learns of the renames before the directories move.
+        self._saveFolderMap(renaming=renames)
         done: List[Tuple[str, str]] = []
         try:
             for source, target in renames:
@@ -700,6 +733,7 @@ class MaildirMailbox:
             # Put back what moved, so the tree stays whole.
             for source, target in reversed(done):
                 os.rename(self._dirPath(target), self._dirPath(source))
+            self._saveFolderMap()
             raise
         for source, target in renames:
             movedId = self._ids.pop(source)
