@@ -18,7 +18,9 @@ bench checks that exactly N distinct items arrived, then prints per N:
   workers CPU s the same for its render worker processes
   RSS start     server resident memory once it is listening (baseline)
   peak RSS      server high-water mark (VmHWM) after the run
-  peak-start    what the sync itself cost in memory
+  peak-start    what the sync itself cost in memory, at its highest
+  end-start     what the server still holds once the sync is over (the
+                folder stays cached, as it does for a device's next Sync)
 
 The client is a blocking http.client in this process and asks for gzip, as
 phones do; its own decoding time is part of each round trip. Plain HTTP
@@ -360,6 +362,8 @@ def runSize(size: int, args: argparse.Namespace, root: str) -> Dict[str, float]:
         shutil.copytree(template, data, symlinks=True)
     else:
         prepareData(data, size)
+    # Written back now, not by the kernel while the sync is timed.
+    os.sync()
     print(f"# N={size}: maildir ready in {time.monotonic() - prepared:.1f} s", file=sys.stderr)
     tlsFiles = cafile = None
     if args.tls:
@@ -446,13 +450,14 @@ def startPySpy(pid: int, out: str) -> Optional[subprocess.Popen]:
 # The table
 
 
-COLUMNS = ["N", "rounds", "seconds", "items/s", "median round ms", "server CPU s", "workers CPU s", "RSS start MB", "peak RSS MB", "peak - start MB"]
+COLUMNS = ["N", "rounds", "seconds", "items/s", "median round ms", "server CPU s", "workers CPU s", "RSS start MB", "peak RSS MB", "peak - start MB", "end - start MB"]
 
 
 def row(size: int, r: Dict[str, float]) -> List[str]:
     return [
         f"{size}", f"{r['rounds']:.0f}", f"{r['seconds']:.2f}", f"{r['rate']:.0f}", f"{r['median']:.0f}",
         f"{r['cpu']:.2f}", f"{r['workers']:.2f}", f"{r['rssStart']:.1f}", f"{r['peak']:.1f}", f"{r['peak'] - r['rssStart']:.1f}",
+        f"{r['rssEnd'] - r['rssStart']:.1f}",
     ]
 
 
@@ -468,11 +473,13 @@ def main() -> int:
     parser.add_argument("--cprofile", metavar="FILE", help="run the server under cProfile, stats to FILE")
     parser.add_argument("--py-spy", metavar="FILE", help="record the server with py-spy (raw stacks) to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
+    parser.add_argument("--window", type=int, default=512, help="WindowSize of the paged Syncs (1-512, default 512)")
     parser.add_argument(
         "--reuse", metavar="DIR", help="write each size's maildir once into DIR and copy it for every run"
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    globals()["WINDOW"] = max(1, min(512, args.window))
 
     root = tempfile.mkdtemp(prefix="directpush-bench-")
     print(f"# directpush initial Sync, one device, WindowSize {WINDOW}, BodyPreference 2/5120, "
