@@ -111,6 +111,24 @@ class IMailbox(Interface):
         """
 
 
+class IMessagePages(Interface):
+    """
+    Optional, for a mailbox whose uids are numbers: a folder's listing a
+    page at a time, so that walking a big folder (as a Sync does, to find
+    what a device lacks) holds one page rather than the whole listing.
+    """
+
+    def messagesAfter(folderId: str, afterUid: int, limit: int) -> "Deferred[Sequence[MessageInfo]]":
+        """
+        The folder's messages of uid over C{afterUid}, in uid order, at
+        most C{limit} of them: the same messages L{IMailbox.messages}
+        lists. A walk starts at C{afterUid} 0 (which looks at the folder
+        afresh, as L{IMailbox.messages} does) and goes on after the last
+        uid of each full page; what changes meanwhile shows in the pages
+        still to come, or in the next walk.
+        """
+
+
 class IMailboxBackend(Interface):
     """
     Where mailboxes come from: a maildir tree, an IMAP server, memory.

@@ -133,6 +133,13 @@ class Listing(Sequence[MessageInfo]):
         """
         raise NotImplementedError()
 
+    def size(self, index: int) -> int:
+        """
+        The size of the message at C{index}, without a L{MessageInfo}
+        where the subclass can.
+        """
+        return self.info(index).size
+
     def rows(self) -> Iterator[Row]:
         for index in range(len(self)):
             info = self.info(index)

@@ -23,6 +23,8 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from directpush.backends import maildir
+from directpush.backends._diskindex import SPILL_ROWS, DiskTable
+from directpush.backends._messagetable import MessageTable
 from directpush.backends.maildir import MaildirBackend, UnsafeUserName, decodeMailboxName, encodeMailboxName
 from directpush.interfaces import IMailbox, IMailboxBackend
 from directpush.model import (
@@ -47,9 +49,19 @@ class MaildirContractTests(BackendContractTests, SynchronousTestCase):
     L{MaildirBackend} keeps the L{IMailboxBackend} contract.
     """
 
+    spillRows = SPILL_ROWS
+
     def makeBackend(self) -> IMailboxBackend:
         self.root = FilePath(self.mktemp())
-        return MaildirBackend(self.root, runNow, self.clock)
+        return MaildirBackend(self.root, runNow, self.clock, spillRows=self.spillRows)
+
+
+class MaildirSpilledContractTests(MaildirContractTests):
+    """
+    The contract holds with every folder's index on disk.
+    """
+
+    spillRows = 1
 
 
 #: A clock reading well after any file these tests write, so that every
@@ -80,6 +92,9 @@ class _MaildirTestMixin(SynchronousTestCase):
     """
 
     user = "alice@example.org"
+    #: see L{MaildirBackend}: the subclasses named C{Spilled} run the same
+    #: tests with every folder's index on disk
+    spillRows = SPILL_ROWS
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -89,7 +104,7 @@ class _MaildirTestMixin(SynchronousTestCase):
         self.home = self.root.child(self.user)
 
     def backend(self, clock: Optional[Clock] = None) -> MaildirBackend:
-        return MaildirBackend(self.root, runNow, clock or self.clock)
+        return MaildirBackend(self.root, runNow, clock or self.clock, spillRows=self.spillRows)
 
     def open(self, backend: Optional[MaildirBackend] = None) -> IMailbox:
         return self.successResultOf((backend or self.backend()).mailbox(self.user))
@@ -888,6 +903,8 @@ class LargeFolderTests(_MaildirTestMixin):
 
         self.patch(maildir, "_scandir", counting)
         listed = self.successResultOf(box.messages("1"))
+        table = box._states["1"].table  # type: ignore[attr-defined]
+        self.assertIsInstance(table, DiskTable if self.count > self.spillRows else MessageTable)
         self.assertEqual(len(listed), self.count)
         self.assertEqual([info.uid for info in listed[:3]], ["1", "2", "3"])
         self.assertEqual(listed[1].flags, {Flag.SEEN})
@@ -1073,3 +1090,43 @@ class ListingTests(_MaildirTestMixin):
         )
         self.assertEqual(infos[1].flags, {Flag.SEEN})
         self.assertIsNot(listed[0], listed[0])
+
+
+# The same tests with every folder's index on disk (a folder spills at
+# its second message).
+
+
+class LayoutSpilledTests(LayoutTests):
+    spillRows = 1
+
+
+class RenameCutShortSpilledTests(RenameCutShortTests):
+    spillRows = 1
+
+
+class DovecotSpilledTests(DovecotTests):
+    spillRows = 1
+
+
+class OutsideChangeSpilledTests(OutsideChangeTests):
+    spillRows = 1
+
+
+class PersistenceSpilledTests(PersistenceTests):
+    spillRows = 1
+
+
+class RescanSpilledTests(RescanTests):
+    spillRows = 1
+
+
+class ListingSpilledTests(ListingTests):
+    spillRows = 1
+
+
+class LargeFolderInMemoryTests(LargeFolderTests):
+    """
+    The large folder with its index kept in memory.
+    """
+
+    spillRows = LargeFolderTests.count + 1

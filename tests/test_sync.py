@@ -238,6 +238,50 @@ class PendingChangesTests(CommandTestCase):
             self.assertEqual(got, expected)
             self.assertEqual(expected[1], 3 + 10)
 
+    def test_pages(self) -> None:
+        """
+        A mailbox that lists a folder a page at a time (L{IMessagePages})
+        gives the same changes as its whole listing, however the pages
+        fall, with deletes found among uids on any page and beyond.
+        """
+        from twisted.internet.task import Clock
+        from twisted.python.filepath import FilePath
+
+        from directpush.backends.maildir import MaildirBackend
+        from directpush.interfaces import IMessagePages
+
+        from .util import runNow
+
+        clock = Clock()
+        clock.advance(NOW)
+        box = self.successResultOf(MaildirBackend(FilePath(self.mktemp()), runNow, clock, spillRows=8).mailbox(USER))
+        self.assertTrue(IMessagePages.providedBy(box))
+        inbox = next(f.id for f in self.successResultOf(box.folders()) if f.type == FolderType.INBOX)
+        uids = [
+            self.successResultOf(box.append(inbox, message(f"m{n}"), received=NOW - (n * 5) % 13)) for n in range(25)
+        ]
+        for uid in uids[2:20:4]:
+            self.successResultOf(box.setFlags(inbox, uid, [Flag.SEEN]))
+        for uid in uids[10:13]:
+            self.successResultOf(box.delete(inbox, uid))
+        items = {uid: 0 for uid in uids[::2]}
+        items.update({"x1": 0, "99999999999": 0, "0": 0})
+
+        class Whole:
+            def messages(self, folderId: str) -> "Deferred[Any]":
+                return box.messages(folderId)
+
+        for pageSize in (1, 4, 7, 100):
+            self.patch(sync, "PAGE_SIZE", pageSize)
+            for limit in (None, 0, 3, 30):
+                expected = self.successResultOf(_run(sync.pendingChanges(Whole(), inbox, items, 0, NOW, limit=limit)))  # type: ignore[arg-type]
+                got = self.successResultOf(_run(sync.pendingChanges(box, inbox, items, 0, NOW, limit=limit)))
+                self.assertEqual(got, expected, (pageSize, limit))
+        kinds = [kind for kind, _, _ in expected[0]]
+        self.assertEqual(kinds.count("Delete"), 2 + 3)
+        self.assertEqual(kinds.count("Add"), 25 - 3 - 11)
+        self.assertEqual(kinds.count("Change"), 4)
+
 
 def _run(coroutine: Any) -> Any:
     from twisted.internet.defer import Deferred

@@ -21,10 +21,12 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from directpush import wbxml
+from directpush.backends._diskindex import SPILL_ROWS
 from directpush.backends.maildir import MaildirBackend
 from directpush.backends.memory import MemoryBackend
 from directpush.model import Flag, FolderType
 from directpush.protocol.commands import makeDispatcher
+from directpush.protocol import sync
 from directpush.protocol.core import Policy, Services
 from directpush.state.memory import MemoryStateStore
 from directpush.wbxml import E
@@ -55,6 +57,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     backendKind = "memory"
     renderAhead = False
+    spillRows = SPILL_ROWS
 
     @initialize()
     def start(self) -> None:
@@ -63,7 +66,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.tmp: Optional[str] = None
         if self.backendKind == "maildir":
             self.tmp = tempfile.mkdtemp()
-            backend: Any = MaildirBackend(FilePath(self.tmp), runNow, self.clock)
+            backend: Any = MaildirBackend(FilePath(self.tmp), runNow, self.clock, spillRows=self.spillRows)
         else:
             backend = MemoryBackend(self.clock)
         services = Services(backend, MemoryStateStore(), self.clock, policy=Policy.NONE, renderAhead=self.renderAhead)
@@ -190,6 +193,21 @@ class MaildirSyncMachine(SyncMachine):
     backendKind = "maildir"
 
 
+class MaildirSpilledSyncMachine(MaildirSyncMachine):
+    # Folders spill to disk at their third message, and Syncs walk them
+    # three messages a page.
+    spillRows = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pageSize = sync.PAGE_SIZE
+        sync.PAGE_SIZE = 3
+
+    def teardown(self) -> None:
+        sync.PAGE_SIZE = self.pageSize
+        super().teardown()
+
+
 class RenderAheadSyncMachine(SyncMachine):
     renderAhead = True
 
@@ -216,6 +234,17 @@ class SyncPropertyTests(SynchronousTestCase):
         """
         run_state_machine_as_test(
             MaildirSyncMachine,
+            settings=settings(
+                max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+            ),
+        )
+
+    def test_maildirSpilled(self) -> None:
+        """
+        Against the maildir backend with its folder indexes on disk.
+        """
+        run_state_machine_as_test(
+            MaildirSpilledSyncMachine,
             settings=settings(
                 max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
             ),

@@ -23,7 +23,7 @@ import heapq
 import itertools
 from array import array
 from bisect import bisect_left, insort
-from typing import Dict, FrozenSet, Iterable, Iterator, List, Tuple
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..model import Flag, Listing, MessageInfo, Row
 
@@ -121,6 +121,9 @@ class TableListing(Listing):
     def info(self, index: int) -> MessageInfo:
         return MessageInfo(str(self._uids[index]), self._flags[self._codes[index]], self._received[index], self._sizes[index])
 
+    def size(self, index: int) -> int:
+        return self._sizes[index]
+
     def rows(self) -> Iterator[Row]:
         flags = self._flags
         for index, (uid, code, received) in enumerate(zip(self._uids, self._codes, self._received)):
@@ -151,6 +154,7 @@ class MessageTable:
         "_tails",
         "_tailCodes",
         "_lent",
+        "_stash",
     )
 
     def __init__(self) -> None:
@@ -174,6 +178,9 @@ class MessageTable:
         self._tailCodes: Dict[str, int] = _NO_CODES
         # whether a listing holds the columns it shows (see listing())
         self._lent = True
+        # files a scan found that have no row yet: basename -> (sub, tail)
+        # (made when first needed: waiting Pings keep many empty tables)
+        self._stash: Optional[Dict[str, Tuple[str, str]]] = None
 
     # reading
 
@@ -262,6 +269,17 @@ class MessageTable:
                     self.setFile(index, sub, tail)
         return index
 
+    def seeMany(self, entries: Sequence[Tuple[str, str, str]]) -> List[Tuple[int, bool]]:
+        """
+        L{see} of each (basename, sub, tail) in turn: each row (or -1)
+        and whether it is not yet stated.
+        """
+        found = []
+        for basename, sub, tail in entries:
+            index = self.see(basename, sub, tail)
+            found.append((index, index >= 0 and bool(self._bits[index] & UNSTATED)))
+        return found
+
     def items(self, first: int = 0) -> Iterator[Tuple[int, str]]:
         """
         (uid, basename) of every row from position C{first} on, in uid
@@ -271,6 +289,21 @@ class MessageTable:
         for uid, start, length in itertools.islice(zip(self._uids, self._starts, self._lengths), first, None):
             yield uid, names[start : start + length].decode(*_ENCODING)
 
+    def itemsFrom(self, uid: int) -> Iterator[Tuple[int, str]]:
+        """
+        (uid, basename) of every row of uid C{uid} or higher.
+        """
+        return self.items(bisect_left(self._uids, uid))
+
+    def dump(self) -> Iterator[Tuple[int, bytes, bytes, int, float, int]]:
+        """
+        Every row as (uid, basename, tail, bits, received, size), the
+        names as stored bytes, in uid order.
+        """
+        tails = [tail.encode(*_ENCODING) for tail in self._tails]
+        for index in range(len(self)):
+            yield (self._uids[index], self._nameBytes(index), tails[self._codes[index]], self._bits[index], self._received[index], self._sizes[index])
+
     def listing(self) -> TableListing:
         """
         The rows as they are now. The listing holds the very columns; the
@@ -279,6 +312,20 @@ class MessageTable:
         """
         self._lent = True
         return TableListing(self._uids, self._codes, self._received, self._sizes, [flagsOf(tail) for tail in self._tails])
+
+    def page(self, after: int, limit: int) -> TableListing:
+        """
+        The rows of uid over C{after}, at most C{limit} of them, as copies.
+        """
+        start = bisect_left(self._uids, after + 1)
+        end = min(len(self._uids), start + limit)
+        return TableListing(
+            self._uids[start:end],
+            self._codes[start:end],
+            self._received[start:end],
+            self._sizes[start:end],
+            [flagsOf(tail) for tail in self._tails],
+        )
 
     def _own(self) -> None:
         """
@@ -453,6 +500,36 @@ class MessageTable:
                     found.append(min(here, earlier))
                 back -= 1
         return sorted(set(found))
+
+    # files a scan found that have no row yet
+
+    def stash(self, basename: str, sub: str, tail: str) -> None:
+        if self._stash is None:
+            self._stash = {}
+        self._stash[basename] = (sub, tail)
+
+    def stashed(self, basename: str, sub: str) -> bool:
+        found = self._stash.get(basename) if self._stash else None
+        return found is not None and found[0] == sub
+
+    def stashCount(self) -> int:
+        return len(self._stash) if self._stash else 0
+
+    def unstash(self) -> Iterator[Tuple[str, str, str]]:
+        """
+        Each stashed (basename, sub, tail), in basename order, taken out
+        of the stash as it goes (a first scan of a big folder with no uid
+        list finds every file unknown).
+        """
+        stash, self._stash = self._stash, None
+        if not stash:
+            return
+        names: List[Optional[str]] = sorted(stash)
+        for position, basename in enumerate(names):
+            names[position] = None
+            assert basename is not None
+            sub, tail = stash.pop(basename)
+            yield basename, sub, tail
 
     # inside
 

@@ -70,7 +70,7 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from ..interfaces import IChangeNotifier, IMailbox, IMailboxBackend
+from ..interfaces import IChangeNotifier, IMailbox, IMailboxBackend, IMessagePages
 from ..model import (
     Flag,
     Folder,
@@ -84,7 +84,8 @@ from ..model import (
     SpecialFolder,
 )
 from ..notify import LocalNotifier
-from ._messagetable import INSERT_LIMIT, MAX_UID, MessageTable
+from ._diskindex import SEE_BATCH, SPILL_ROWS, DiskIndex, DiskTable
+from ._messagetable import INSERT_LIMIT, MAX_UID, NEW, MessageTable
 from ._messagetable import flagsOf as _flagsOf
 
 if TYPE_CHECKING:
@@ -348,7 +349,8 @@ class _FolderState:
     What we know of one folder's messages: the uid list, and the files as
     of the last scan.
 
-    @ivar table: the message files, in uid order (see L{MessageTable}).
+    @ivar table: the message files, in uid order: a L{MessageTable}, or
+        for a big folder a L{DiskTable}.
     @ivar fileLines: uid lines in the uid list file (live and stale).
     @ivar mtimes: C{cur/} and C{new/} mtimes (ns) at the last scan.
     @ivar settled: whether those mtimes were old enough, when scanned, to
@@ -359,7 +361,7 @@ class _FolderState:
     dirname: str
     uidValidity: int = 0
     nextUid: int = 1
-    table: MessageTable = attrs.Factory(MessageTable)
+    table: Union[MessageTable, DiskTable] = attrs.Factory(MessageTable)
     fileLines: int = 0
     fileExists: bool = False
     mtimes: Optional[Tuple[int, int]] = None
@@ -441,7 +443,7 @@ def _checkName(name: str) -> None:
         raise InvalidFolderName(name) from None
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMessagePages)
 class MaildirMailbox:
     """
     One user's Maildir++ tree.
@@ -463,14 +465,20 @@ class MaildirMailbox:
         self._roles: Dict[str, str] = {}
         self._nextId = 2
         self._states: Dict[str, _FolderState] = {}
+        # the big folders' tables (made when the first one spills)
+        self._index: Optional[DiskIndex] = None
 
     # plumbing
 
     def _run(self, f: Callable[[], T]) -> "Deferred[T]":
         def locked() -> T:
             with self._lock:
-                self._doOpen()
-                return f()
+                try:
+                    self._doOpen()
+                    return f()
+                finally:
+                    if self._index is not None:
+                        self._index.commit()
 
         return self._backend._runBlocking(locked)
 
@@ -593,7 +601,7 @@ class MaildirMailbox:
         for dirname in list(self._ids):
             if dirname and dirname not in dirnames:
                 folderId = self._ids.pop(dirname)
-                self._states.pop(folderId, None)
+                self._dropState(folderId)
                 changed = True
         # parents first, so ids grow down the tree
         for dirname in sorted(dirnames, key=lambda d: (d.count("."), d)):
@@ -760,7 +768,7 @@ class MaildirMailbox:
             os.rename(self._dirPath(d), doomed)
             shutil.rmtree(doomed, ignore_errors=True)
             removed = self._ids.pop(d)
-            self._states.pop(removed, None)
+            self._dropState(removed)
         self._dirs = {v: k for k, v in self._ids.items()}
         self._saveFolderMap()
 
@@ -788,6 +796,22 @@ class MaildirMailbox:
             self._scan(state, claimNew=claimNew)
         return state
 
+    def _dropState(self, folderId: str) -> None:
+        state = self._states.pop(folderId, None)
+        if state is not None and isinstance(state.table, DiskTable):
+            state.table.clear()
+
+    def _spill(self, state: _FolderState) -> None:
+        """
+        Move a folder's table to disk once it has more rows (and files
+        a scan found) than are worth keeping in memory.
+        """
+        table = state.table
+        if isinstance(table, MessageTable) and len(table) + table.stashCount() > self._backend._spillRows:
+            if self._index is None:
+                self._index = DiskIndex()
+            state.table = DiskTable.spill(self._index, table)
+
     def _uidListPath(self, state: _FolderState) -> str:
         return os.path.join(self._dirPath(state.dirname), UIDLIST_FILE)
 
@@ -797,7 +821,6 @@ class MaildirMailbox:
         first scan is still to look at. Read a line at a time: a big
         folder's list is never held whole.
         """
-        table = state.table
         highest = 0
         lines = 0
         try:
@@ -822,6 +845,9 @@ class MaildirMailbox:
                         continue
                     lines += 1
                     highest = max(highest, int(uid))
+                    if lines > self._backend._spillRows:
+                        self._spill(state)
+                    table = state.table
                     index = table.indexOf(int(uid))
                     if index >= 0:
                         # A draft replaced under the same uid: the later
@@ -830,6 +856,7 @@ class MaildirMailbox:
                         table.rename(index, basename)
                     else:
                         table.add(int(uid), basename, "cur", "", 0.0, 0, indexed=False, unstated=True)
+            table = state.table
             table.reindex()
             # A later line for the same basename wins.
             table.remove(table.duplicates())
@@ -901,36 +928,53 @@ class MaildirMailbox:
 
         # The scan marks the rows whose files it sees, and what it did not
         # mark is gone: it holds nothing for the files the table knows.
-        # Files it does not know are collected by basename (with the rest
-        # of their name, one string for each distinct rest) and get uids
-        # at the end, in basename order: names start with the delivery
-        # time, so uid order follows it.
-        table = state.table
-        table.unmarkAll()
+        # Files it does not know are stashed in the table by basename and
+        # get uids at the end, in basename order: names start with the
+        # delivery time, so uid order follows it. A folder that turns out
+        # big moves to disk on the way (see _spill).
+        state.table.unmarkAll()
         tails: Dict[str, str] = {}
-        unknown: Dict[str, Dict[str, str]] = {"cur": {}, "new": {}}
+        stashed = 0
 
-        def seen(sub: str, basename: str, name: str) -> None:
-            tail = name[len(basename) :]
-            tail = tails.setdefault(tail, tail)
+        def seen(batch: List[Tuple[str, str, str]]) -> None:
+            """
+            Look up each (sub, basename, name) of C{batch}: mark the rows
+            seen, stash the unknown, stat the files only the uid list
+            knew so far.
+            """
+            nonlocal stashed
+            table = state.table
+            entries: List[Tuple[str, str, str]] = []
+            for sub, basename, name in batch:
+                tail = name[len(basename) :]
+                entries.append((basename, sub, tails.setdefault(tail, tail)))
             # (Two names for one basename in cur/: the last one wins.)
-            index = table.see(basename, sub, tail)
-            if index < 0:
-                unknown[sub][basename] = tail
-            elif table.unstated(index):
-                # Known from the uid list only: the first scan reads its file.
-                try:
-                    st = os.stat(os.path.join(folderPath, sub, name))
-                except FileNotFoundError:
-                    return
-                if stat.S_ISREG(st.st_mode):
-                    table.setStat(index, _toSeconds(st.st_mtime_ns), st.st_size)
-                    table.see(basename, sub, tail)
+            found = table.seeMany(entries)
+            for (sub, _, name), (basename, _, tail), (index, unstated) in zip(batch, entries, found):
+                if index < 0:
+                    table.stash(basename, sub, tail)
+                    stashed += 1
+                elif unstated:
+                    # Known from the uid list only: the first scan reads its file.
+                    try:
+                        st = os.stat(os.path.join(folderPath, sub, name))
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        table.setStat(index, _toSeconds(st.st_mtime_ns), st.st_size)
+                        table.see(basename, sub, tail)
+            self._spill(state)
 
+        batch: List[Tuple[str, str, str]] = []
         for name, basename in _messageNames(curPath):
-            seen("cur", basename, name)
+            batch.append(("cur", basename, name))
+            if len(batch) == SEE_BATCH:
+                seen(batch)
+                batch = []
+        seen(batch)
         for name, basename in _messageNames(newPath):
-            if basename in unknown["cur"]:
+            table = state.table
+            if table.stashed(basename, "cur"):
                 continue  # cur/ wins: a message caught mid-move
             index = table.find(basename)
             if index >= 0 and table.marked(index):
@@ -947,40 +991,31 @@ class MaildirMailbox:
                     log.failure("cannot move {name} to cur/ in {path}", name=name, path=folderPath)
                 else:
                     sub, name = "cur", target
-            seen(sub, basename, name)
+            seen([(sub, basename, name)])
+        self._spill(state)
+        table = state.table
         vanished = table.unmarked()
         if vanished:
             self._forget(state, vanished)
 
-        before = len(table)
-        fresh: List[Optional[str]] = sorted(itertools.chain(unknown["cur"], unknown["new"]))
-        indexed = len(fresh) <= INSERT_LIMIT
-        for position, basename in enumerate(fresh):
-            # Each name is let go as its row takes it (a first scan of a
-            # big folder with no uid list finds every file unknown).
-            fresh[position] = None
-            assert basename is not None
-            sub = "cur" if basename in unknown["cur"] else "new"
-            tail = unknown[sub].pop(basename)
+        first = state.nextUid
+        for basename, sub, tail in table.unstash():
             try:
                 st = os.stat(os.path.join(folderPath, sub, basename + tail))
             except FileNotFoundError:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
-            table.add(state.nextUid, basename, sub, tail, _toSeconds(st.st_mtime_ns), st.st_size, indexed=indexed)
+            table.add(state.nextUid, basename, sub, tail, _toSeconds(st.st_mtime_ns), st.st_size, indexed=stashed <= INSERT_LIMIT)
             state.nextUid += 1
-        unknown["cur"].clear()
-        unknown["new"].clear()
-        del fresh
-        if not indexed:
+        if stashed > INSERT_LIMIT:
             table.reindex()
         state.hasNew = table.hasNew()
         if not state.fileExists:
             self._writeUidList(state)
         else:
-            # New rows have the highest uids: they are the table's last.
-            self._appendUidList(state, table.items(before))
+            # New rows have the highest uids.
+            self._appendUidList(state, table.itemsFrom(first))
             # e.g. the first scan after many messages went while we were down
             self._compact(state)
 
@@ -1026,6 +1061,11 @@ class MaildirMailbox:
     def _doMessages(self, folderId: str) -> Listing:
         state = self._state(folderId, fresh=True, claimNew=True)
         return state.table.listing()
+
+    def _doMessagesAfter(self, folderId: str, afterUid: int, limit: int) -> Listing:
+        fresh = afterUid <= 0
+        state = self._state(folderId, fresh=fresh, claimNew=fresh)
+        return state.table.page(max(0, afterUid), max(0, limit))
 
     def _doMessage(self, folderId: str, uid: str) -> bytes:
         def read(state: _FolderState, index: int, path: str) -> bytes:
@@ -1086,6 +1126,7 @@ class MaildirMailbox:
         state.table.add(uid, basename, sub, filename[len(basename) :], _toSeconds(mtime), len(raw))
         state.nextUid += 1
         self._appendUidList(state, [(uid, basename)])
+        self._spill(state)
         return str(uid)
 
     def _doSetFlags(self, folderId: str, uid: str, flags: Sequence[Flag]) -> bool:
@@ -1166,6 +1207,7 @@ class MaildirMailbox:
             target.table.add(uid, newBasename, sub, filename[len(newBasename) :], received, size)
             target.nextUid += 1
             self._appendUidList(target, [(uid, newBasename)])
+            self._spill(target)
             return str(uid)
 
         return self._withFile(folderId, uid, move)
@@ -1184,9 +1226,10 @@ class MaildirMailbox:
         if not len(table):
             return False
         folderPath = self._dirPath(state.dirname)
-        for index in range(len(table)):
+        for _, name, tail, bits, _, _ in table.dump():
+            filename = (name + tail).decode("utf-8", "surrogateescape")
             try:
-                os.unlink(os.path.join(folderPath, table.sub(index), table.filename(index)))
+                os.unlink(os.path.join(folderPath, "new" if bits & NEW else "cur", filename))
             except FileNotFoundError:
                 pass
         table.clear()
@@ -1214,6 +1257,9 @@ class MaildirMailbox:
 
     def messages(self, folderId: str) -> "Deferred[Listing]":
         return self._run(lambda: self._doMessages(folderId))
+
+    def messagesAfter(self, folderId: str, afterUid: int, limit: int) -> "Deferred[Listing]":
+        return self._run(lambda: self._doMessagesAfter(folderId, afterUid, limit))
 
     def message(self, folderId: str, uid: str) -> "Deferred[bytes]":
         return self._run(lambda: self._doMessage(folderId, uid))
@@ -1320,6 +1366,9 @@ class MaildirBackend:
         backend lets go of it. L{None}: mailboxes stay for good.
         A mailbox in use (by a request, a rescan) is never dropped, and
         there is never more than one per user.
+    @param spillRows: a folder of more messages than this keeps its
+        index in a temporary file rather than in memory (see
+        L{directpush.backends._diskindex}).
     """
 
     def __init__(
@@ -1330,7 +1379,10 @@ class MaildirBackend:
         notifier: Optional[IChangeNotifier] = None,
         reactor: Optional[IReactorFDSet] = None,
         mailboxIdle: Optional[float] = None,
+        spillRows: int = SPILL_ROWS,
     ) -> None:
+        if spillRows < 1:
+            raise ValueError(f"spillRows must be at least 1, not {spillRows}")
         if isinstance(root, str) and "%" not in root:
             root = FilePath(root)
         if isinstance(root, str):
@@ -1360,6 +1412,7 @@ class MaildirBackend:
         self._host = _hostname()
         self._reactor = reactor
         self._watcher: Optional["MaildirWatcher"] = None
+        self._spillRows = spillRows
 
     def pathFor(self, user: str) -> str:
         """

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import base64
 import heapq
-from typing import Any, Dict, FrozenSet, List, MutableMapping, Optional, Tuple
+from typing import Any, AsyncIterator, Dict, FrozenSet, List, MutableMapping, Optional, Sequence, Set, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .. import wbxml
-from ..interfaces import IMailbox
-from ..model import Flag, Folder, FolderType, MailboxError, MessageInfo, NoSuchMessage, listingRows
+from ..interfaces import IMailbox, IMessagePages
+from ..model import Flag, Folder, FolderType, Listing, MailboxError, MessageInfo, NoSuchMessage, listingRows
 from ..wbxml import E
 from . import mail
 from .compose import addMissingHeaders
@@ -212,6 +212,55 @@ def filterType(options: Optional[wbxml.Element]) -> int:
     return int(value) if value.isdigit() and int(value) in FILTER_WINDOWS else 0
 
 
+#: Messages per page when a mailbox lists a folder a page at a time.
+PAGE_SIZE = 4096
+
+
+async def _pages(mailbox: IMailbox, folderId: str) -> AsyncIterator[Sequence[MessageInfo]]:
+    """
+    The folder's listing, a page at a time where the mailbox can (see
+    L{IMessagePages}), else whole.
+    """
+    if not IMessagePages.providedBy(mailbox):
+        yield await mailbox.messages(folderId)
+        return
+    after = 0
+    while True:
+        page = await IMessagePages(mailbox).messagesAfter(folderId, after, PAGE_SIZE)
+        yield page
+        if len(page) < PAGE_SIZE:
+            return
+        after = int(page[-1].uid)
+
+
+class _Present:
+    """
+    Which of a device's items a walk of the folder met: a byte per
+    numeric uid (as the device's L{ItemMap} keeps), a set for the rest.
+    """
+
+    def __init__(self, known: int) -> None:
+        self._numbers = bytearray()
+        # A uid far beyond the folder's count would make the bytes huge.
+        self._most = 64 * known + 4096
+        self._others: Set[str] = set()
+
+    def add(self, uid: str) -> None:
+        if uid.isdigit() and len(uid) < 20 and int(uid) < self._most:
+            number = int(uid)
+            if number >= len(self._numbers):
+                self._numbers.extend(bytes(max(number + 1 - len(self._numbers), len(self._numbers) // 2)))
+            self._numbers[number] = 1
+        else:
+            self._others.add(uid)
+
+    def __contains__(self, uid: str) -> bool:
+        if uid.isdigit() and len(uid) < 20 and int(uid) < self._most:
+            number = int(uid)
+            return number < len(self._numbers) and bool(self._numbers[number])
+        return uid in self._others
+
+
 async def pendingChanges(
     mailbox: IMailbox,
     folderId: str,
@@ -229,44 +278,47 @@ async def pendingChanges(
         counted): a window of a big folder's initial Sync need not sort,
         nor hold, every message that is not yet on the device.
     """
-    listing = await mailbox.messages(folderId)
     window = FILTER_WINDOWS.get(filterTypeValue)
     oldest = now - window if window else None
     changes: List[Tuple[str, str, Optional[MessageInfo]]] = []
     # The adds by (received, -position), newest first once sorted; with a
-    # limit, only the newest C{limit} of them are held (a min-heap).
-    adds: List[Tuple[float, int]] = []
+    # limit, only the newest C{limit} of them are held (a min-heap), each
+    # with what makes its MessageInfo.
+    adds: List[Tuple[float, int, str, FrozenSet[Flag], int]] = []
     addCount = 0
+    present = _Present(len(items))
     known = 0
-    for index, uid, flags, received in listingRows(listing):
-        inWindow = oldest is None or received >= oldest
-        state = items.get(uid)
-        if state is None:
-            if inWindow:
-                addCount += 1
-                if limit is None or len(adds) < limit:
-                    heapq.heappush(adds, (received, -index))
-                elif adds and (received, -index) > adds[0]:
-                    heapq.heapreplace(adds, (received, -index))
-            continue
-        known += 1
-        if not inWindow:
-            changes.append(("SoftDelete", uid, listing[index]))
-        elif _bits(state) != _flagBits(flags):
-            changes.append(("Change", uid, listing[index]))
+    position = 0
+    async for page in _pages(mailbox, folderId):
+        sizeOf = page.size if isinstance(page, Listing) else lambda index: page[index].size
+        for index, uid, flags, received in listingRows(page):
+            position += 1
+            inWindow = oldest is None or received >= oldest
+            state = items.get(uid)
+            if state is None:
+                if inWindow:
+                    addCount += 1
+                    if limit is None or len(adds) < limit:
+                        heapq.heappush(adds, (received, -position, uid, flags, sizeOf(index)))
+                    elif adds and (received, -position) > adds[0][:2]:
+                        heapq.heapreplace(adds, (received, -position, uid, flags, sizeOf(index)))
+                continue
+            known += 1
+            present.add(uid)
+            if not inWindow:
+                changes.append(("SoftDelete", uid, page[index]))
+            elif _bits(state) != _flagBits(flags):
+                changes.append(("Change", uid, page[index]))
     if known < len(items):
-        # Some item the device has is gone: only then is a set of the
-        # listing's uids worth making.
-        present = {uid for _, uid, _, _ in listingRows(listing)}
+        # Some item the device has is gone.
         changes.extend(("Delete", uid, None) for uid in items if uid not in present)
-        del present
+    del present
     total = len(changes) + addCount
     adds.sort(reverse=True)
     if limit is not None:
         del adds[max(0, limit - len(changes)) :]
-    for _, position in adds:
-        info = listing[-position]
-        changes.append(("Add", info.uid, info))
+    for received, _, uid, flags, size in adds:
+        changes.append(("Add", uid, MessageInfo(uid, flags, received, size)))
     return changes, total
 
 
