@@ -69,6 +69,7 @@ from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 
 from directpush import auth, wbxml
+from directpush.backends._diskindex import SPILL_ROWS
 from directpush.backends.maildir import MaildirBackend
 from directpush.model import Flag, FolderType
 from directpush.wbxml import E
@@ -96,10 +97,11 @@ class Server:
     The twistd process, killed and restarted on the same port and data.
     """
 
-    def __init__(self, data: str, port: int, logfile: str) -> None:
+    def __init__(self, data: str, port: int, logfile: str, spillRows: int) -> None:
         self.data = data
         self.port = port
         self.logfile = logfile
+        self.spillRows = spillRows
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
 
@@ -127,6 +129,7 @@ class Server:
             # The device here makes tens of requests a second, far beyond a
             # phone; the rate limits are not what this bench is about.
             "--device-rate", "1000/1000", "--user-rate", "1000/1000",
+            "--spill-rows", str(self.spillRows),
         ]
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -517,7 +520,7 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     deadline = started + args.timeout
-    server = Server(data, freePort(), os.path.join(root, "server.log"))
+    server = Server(data, freePort(), os.path.join(root, "server.log"), args.spill_rows)
     server.start()
     device = Device(server, rng, stats, deadline)
     delivered: Set[str] = set()
@@ -649,6 +652,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=100, help="SIGKILL/restart cycles (default 100)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--spill-rows", type=int, default=SPILL_ROWS,
+        help="the server's --spill-rows (1: every maildir folder's index on disk)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds before the run gives up (default 900)")
     parser.add_argument("--keep", action="store_true", help="keep the data directory even when all is well")
     return run(parser.parse_args())

@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.internet.threads import deferToThreadPool
 
 from . import auth, certificate, throttle, web
+from .backends._diskindex import SPILL_ROWS
 from .backends.maildir import MaildirBackend
 from .backends import imap
 from .directory import EmptyDirectory, PasswdDirectory
@@ -128,6 +129,13 @@ class Options(usage.Options):
             None,
             "300",
             "Most folders one Ping may watch (Ping status 6 beyond).",
+        ],
+        [
+            "spill-rows",
+            None,
+            str(SPILL_ROWS),
+            "Maildir folders of more messages than this keep their index in a "
+            "temporary file instead of memory.",
         ],
         [
             "render-workers",
@@ -276,7 +284,12 @@ class Options(usage.Options):
             self["policy"] = Policy(self["policy"])
         except ValueError:
             raise usage.UsageError("--policy must be 'permissive' or 'none'")
-        for name, low, high in (("min-heartbeat", 1, 3540), ("max-heartbeat", 1, 86400), ("max-ping-folders", 1, 10000)):
+        for name, low, high in (
+            ("min-heartbeat", 1, 3540),
+            ("max-heartbeat", 1, 86400),
+            ("max-ping-folders", 1, 10000),
+            ("spill-rows", 1, 1 << 32),
+        ):
             value = str(self[name])
             if not value.isdigit() or not low <= int(value) <= high:
                 raise usage.UsageError(f"--{name} must be a whole number from {low} to {high}")
@@ -362,6 +375,7 @@ class Config:
     minHeartbeat: int = 60
     maxHeartbeat: int = 3540
     maxPingFolders: int = 300
+    spillRows: int = SPILL_ROWS
     limits: throttle.Limits = throttle.Limits()
     backend: str = "maildir"
     imap: Optional[str] = None
@@ -401,6 +415,7 @@ def configFromOptions(options: Options) -> Config:
         minHeartbeat=options["min-heartbeat"],
         maxHeartbeat=options["max-heartbeat"],
         maxPingFolders=options["max-ping-folders"],
+        spillRows=options["spill-rows"],
         limits=options["limits"],
         backend=options["backend"],
         imap=options["imap"],
@@ -538,7 +553,14 @@ def buildService(config: Config, reactor: Any) -> service.MultiService:
         )
     else:
         try:
-            backend = MaildirBackend(config.mailRoot, runBlocking, reactor, reactor=reactor, mailboxIdle=MAILBOX_IDLE)
+            backend = MaildirBackend(
+                config.mailRoot,
+                runBlocking,
+                reactor,
+                reactor=reactor,
+                mailboxIdle=MAILBOX_IDLE,
+                spillRows=config.spillRows,
+            )
         except ValueError as e:
             raise StartupError(f"bad --mail-root: {e}") from None
         _StopCaching(backend).setServiceParent(top)

@@ -73,6 +73,8 @@ class OptionsTests(SynchronousTestCase):
             (["--backend", "imap"], "needs --imap"),
             (["--malloc-arenas", "x"], "--malloc-arenas must be"),
             (["--malloc-arenas", "-1"], "--malloc-arenas must be"),
+            (["--spill-rows", "0"], "--spill-rows must be"),
+            (["--spill-rows", "many"], "--spill-rows must be"),
         ]:
             e = self.assertRaises(tap.StartupError, tap.configFromOptions, options(*argv))
             self.assertIn(words, str(e))
@@ -241,6 +243,19 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertFalse(self.data.child("users").exists())
         backends = [s._backend for s in service if isinstance(getattr(s, "_backend", None), IMAPBackend)]
         self.assertEqual(len(backends), 1)
+
+    def test_spillRows(self) -> None:
+        """
+        --spill-rows reaches the maildir backend; its default is the
+        backend's own.
+        """
+        from directpush.backends._diskindex import SPILL_ROWS
+        from directpush.backends.maildir import MaildirBackend
+
+        for argv, expected in [((), SPILL_ROWS), (("--spill-rows", "7"), 7)]:
+            service, _ = self.build(*argv)
+            [backend] = [s._backend for s in service if isinstance(getattr(s, "_backend", None), MaildirBackend)]
+            self.assertEqual(backend._spillRows, expected)
 
     def test_badIMAP(self) -> None:
         """

@@ -18,15 +18,24 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class CrashTortureTests(SynchronousTestCase):
-    def test_fiveKills(self) -> None:
-        """
-        Five SIGKILL cycles leave every check passing.
-        """
+    def torture(self, *argv: str) -> None:
         done = subprocess.run(
-            [sys.executable, BENCH, "--cycles", "5", "--seed", "11", "--timeout", "240"],
+            [sys.executable, BENCH, "--cycles", "5", "--timeout", "240", *argv],
             capture_output=True, text=True, timeout=300,
         )
         self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
         self.assertIn("5 SIGKILL cycles", done.stdout)
         for check in ("mirror", "delivered", "sent", "protocol"):
             self.assertRegex(done.stdout, rf"\n{check} +\| ok +\| 0 problems")
+
+    def test_fiveKills(self) -> None:
+        """
+        Five SIGKILL cycles leave every check passing.
+        """
+        self.torture("--seed", "11")
+
+    def test_fiveKillsSpilled(self) -> None:
+        """
+        The same with every maildir folder's index on disk.
+        """
+        self.torture("--seed", "12", "--spill-rows", "1")
