@@ -1092,36 +1092,21 @@ class ListingTests(_MaildirTestMixin):
         self.assertIsNot(listed[0], listed[0])
 
 
-# The same tests with every folder's index on disk (a folder spills at
-# its second message).
+def _spilled(tests: type) -> type:
+    """
+    C{tests} again with every folder's index on disk (a folder spills at
+    its second message).
+    """
+    return type(tests.__name__.replace("Tests", "SpilledTests"), (tests,), {"spillRows": 1})
 
 
-class LayoutSpilledTests(LayoutTests):
-    spillRows = 1
-
-
-class RenameCutShortSpilledTests(RenameCutShortTests):
-    spillRows = 1
-
-
-class DovecotSpilledTests(DovecotTests):
-    spillRows = 1
-
-
-class OutsideChangeSpilledTests(OutsideChangeTests):
-    spillRows = 1
-
-
-class PersistenceSpilledTests(PersistenceTests):
-    spillRows = 1
-
-
-class RescanSpilledTests(RescanTests):
-    spillRows = 1
-
-
-class ListingSpilledTests(ListingTests):
-    spillRows = 1
+LayoutSpilledTests = _spilled(LayoutTests)
+RenameCutShortSpilledTests = _spilled(RenameCutShortTests)
+DovecotSpilledTests = _spilled(DovecotTests)
+OutsideChangeSpilledTests = _spilled(OutsideChangeTests)
+PersistenceSpilledTests = _spilled(PersistenceTests)
+RescanSpilledTests = _spilled(RescanTests)
+ListingSpilledTests = _spilled(ListingTests)
 
 
 class LargeFolderInMemoryTests(LargeFolderTests):
