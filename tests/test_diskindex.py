@@ -81,10 +81,14 @@ class DiskTableTests(SynchronousTestCase):
                         else:
                             handles = [(h, h >= 0 and t.unstated(h)) for h in (t.see(name, "cur", tail) for name, tail in zip(seen, tails))]
                         found = []
-                        for name, (h, unstated) in zip(seen, handles):
+                        stated = []
+                        for name, tail, (h, unstated) in zip(seen, tails, handles):
                             if h < 0:
                                 t.stash(name, "cur", "")
+                            elif unstated:
+                                stated.append((h, "cur", tail, 9.5, 99))
                             found.append((h >= 0 and t.uid(h), unstated))
+                        t.stated(stated)
                         results.append((found, sorted(t.uid(h) for h in t.unmarked()), t.stashCount(), list(t.unstash())))
                     self.assertEqual(results[0], results[1], (seed, step))
                 elif op == 7:

@@ -434,6 +434,22 @@ class DiskTable:
     def setStat(self, index: int, received: float, size: int) -> None:
         self._update(index, "received = ?, size = ?, bits = bits & ?", (received, size, ~UNSTATED))
 
+    def stated(self, rows: Iterable[Tuple[int, str, str, float, int]]) -> None:
+        """
+        For scans: rows known from the uid list only are now seen, each
+        (uid, sub, tail, received, size) as the file C{sub}/basename +
+        C{tail} of this arrival time and size.
+        """
+        updates = []
+        for uid, sub, tail, received, size in rows:
+            updates.append((received, size, ~(NEW | UNSTATED), NEW if sub == "new" else 0, _encode(tail), self._folder, uid))
+            self._mark(uid)
+        self._db.executemany(
+            "UPDATE rows SET received = ?, size = ?, bits = (bits & ?) | ?, tail = ? WHERE folder = ? AND uid = ?",
+            updates,
+        )
+        self._forgetCached()
+
     def rename(self, index: int, basename: str) -> None:
         self._update(index, "name = ?", (_encode(basename),))
 

@@ -419,6 +419,17 @@ class MessageTable:
         self._sizes[index] = size
         self._bits[index] &= ~UNSTATED
 
+    def stated(self, rows: Iterable[Tuple[int, str, str, float, int]]) -> None:
+        """
+        For scans: rows known from the uid list only are now seen, each
+        (row, sub, tail, received, size) as the file C{sub}/basename +
+        C{tail} of this arrival time and size.
+        """
+        for index, sub, tail, received, size in rows:
+            self.setStat(index, received, size)
+            self.setFile(index, sub, tail)
+            self._bits[index] |= SEEN
+
     def rename(self, index: int, basename: str) -> None:
         """
         Give the row another basename (same uid).

@@ -848,14 +848,16 @@ class MaildirMailbox:
                     if lines > self._backend._spillRows:
                         self._spill(state)
                     table = state.table
-                    index = table.indexOf(int(uid))
-                    if index >= 0:
+                    try:
+                        table.add(int(uid), basename, "cur", "", 0.0, 0, indexed=False, unstated=True)
+                    except ValueError:
+                        index = table.indexOf(int(uid))
+                        if index < 0:
+                            raise
                         # A draft replaced under the same uid: the later
                         # name is the message's (and the earlier one, if
                         # a crash left its file, gets a uid of its own).
                         table.rename(index, basename)
-                    else:
-                        table.add(int(uid), basename, "cur", "", 0.0, 0, indexed=False, unstated=True)
             table = state.table
             table.reindex()
             # A later line for the same basename wins.
@@ -950,6 +952,7 @@ class MaildirMailbox:
                 entries.append((basename, sub, tails.setdefault(tail, tail)))
             # (Two names for one basename in cur/: the last one wins.)
             found = table.seeMany(entries)
+            stated = []
             for (sub, _, name), (basename, _, tail), (index, unstated) in zip(batch, entries, found):
                 if index < 0:
                     table.stash(basename, sub, tail)
@@ -961,8 +964,8 @@ class MaildirMailbox:
                     except FileNotFoundError:
                         continue
                     if stat.S_ISREG(st.st_mode):
-                        table.setStat(index, _toSeconds(st.st_mtime_ns), st.st_size)
-                        table.see(basename, sub, tail)
+                        stated.append((index, sub, tail, _toSeconds(st.st_mtime_ns), st.st_size))
+            table.stated(stated)
             self._spill(state)
 
         batch: List[Tuple[str, str, str]] = []
