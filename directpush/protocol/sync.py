@@ -245,20 +245,28 @@ class _Present:
         self._most = 64 * known + 4096
         self._others: Set[str] = set()
 
-    def add(self, uid: str) -> None:
-        if uid.isdigit() and len(uid) < 20 and int(uid) < self._most:
+    def _number(self, uid: str) -> int:
+        # Only a uid that is its number's own spelling ("7", not "007").
+        if uid.isdigit() and len(uid) < 20 and (uid[0] != "0" or uid == "0"):
             number = int(uid)
-            if number >= len(self._numbers):
-                self._numbers.extend(bytes(max(number + 1 - len(self._numbers), len(self._numbers) // 2)))
-            self._numbers[number] = 1
-        else:
+            if number < self._most:
+                return number
+        return -1
+
+    def add(self, uid: str) -> None:
+        number = self._number(uid)
+        if number < 0:
             self._others.add(uid)
+            return
+        if number >= len(self._numbers):
+            self._numbers.extend(bytes(max(number + 1 - len(self._numbers), len(self._numbers) // 2)))
+        self._numbers[number] = 1
 
     def __contains__(self, uid: str) -> bool:
-        if uid.isdigit() and len(uid) < 20 and int(uid) < self._most:
-            number = int(uid)
-            return number < len(self._numbers) and bool(self._numbers[number])
-        return uid in self._others
+        number = self._number(uid)
+        if number < 0:
+            return uid in self._others
+        return number < len(self._numbers) and bool(self._numbers[number])
 
 
 async def pendingChanges(
