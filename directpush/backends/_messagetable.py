@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_messagetable -*-
 """
 One maildir folder's messages as columns: what the maildir backend keeps
-in memory for each folder it has listed.
+in memory for each folder it has listed, up to a size (a bigger folder
+moves to a L{directpush.backends._diskindex.DiskTable}, which answers
+the same calls).
 
 A folder of 100,000 messages held as one object per message costs some
 300 bytes a message, for as long as the folder stays cached; held as
