@@ -232,6 +232,15 @@ class Options(usage.Options):
             "request. MALLOC_ARENA_MAX in the environment wins.",
         ],
         [
+            "malloc-mmap-threshold",
+            None,
+            "32768",
+            "Bytes from which glibc malloc gives each block its own mapping "
+            "(0: glibc's default, a threshold that rises as big blocks are "
+            "freed and lets blocks that grow each Sync fragment the heap). "
+            "MALLOC_MMAP_THRESHOLD_ in the environment wins.",
+        ],
+        [
             "request-timeout",
             None,
             "%g/%g/%d" % (_LIMITS.headerTimeout, _LIMITS.bodyTimeout, _LIMITS.minBodyRate),
@@ -294,6 +303,10 @@ class Options(usage.Options):
             if not value.isdigit() or not low <= int(value) <= high:
                 raise usage.UsageError(f"--{name} must be a whole number from {low} to {high}")
             self[name] = int(value)
+        threshold = str(self["malloc-mmap-threshold"])
+        if not threshold.isdigit() or not (int(threshold) == 0 or 4096 <= int(threshold) <= 1 << 25):
+            raise usage.UsageError("--malloc-mmap-threshold must be 0 or a number of bytes from 4096 to 33554432")
+        self["malloc-mmap-threshold"] = int(threshold)
         arenas = str(self["malloc-arenas"])
         if not arenas.isdigit() or int(arenas) > 1024:
             raise usage.UsageError("--malloc-arenas must be a number from 0 to 1024")
@@ -717,6 +730,7 @@ class _ThreadPoolService(service.Service):
 
 #: glibc's mallopt() parameter for the most arenas (malloc.h).
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
 
 
 def limitMallocArenas(count: int) -> bool:
@@ -731,6 +745,25 @@ def limitMallocArenas(count: int) -> bool:
 
     @return: whether glibc took it (False elsewhere, e.g. musl).
     """
+    return _mallopt(_M_ARENA_MAX, count)
+
+
+def fixMmapThreshold(size: int) -> bool:
+    """
+    Have glibc's malloc serve every block of C{size} bytes or more with
+    its own mmap, returned to the system when freed. By default the
+    threshold rises to the size of each such block freed, so blocks that
+    grow a little every Sync (a device's item map, the state it stores)
+    come from the heap instead, each a little bigger than the hole the
+    last one left: resident memory crept by some 15 KiB a Sync, through
+    a big folder's first Sync as through many small ones.
+
+    @return: whether glibc took it (False elsewhere, e.g. musl).
+    """
+    return _mallopt(_M_MMAP_THRESHOLD, size)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -739,7 +772,7 @@ def limitMallocArenas(count: int) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, count))
+    return bool(mallopt(parameter, value))
 
 
 def freezeStartup() -> None:
@@ -767,6 +800,9 @@ def makeService(options: Options) -> service.IService:
             # Before the thread pools start: arenas are made per thread.
             if not limitMallocArenas(options["malloc-arenas"]):
                 log.info("malloc arenas not limited (not glibc)")
+        if options["malloc-mmap-threshold"] and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+            if not fixMmapThreshold(options["malloc-mmap-threshold"]):
+                log.info("malloc mmap threshold not set (not glibc)")
         return buildService(config, reactor)
     except StartupError as e:
         sys.stderr.write(f"twistd directpush: {e}\n")

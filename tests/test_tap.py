@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -74,6 +75,8 @@ class OptionsTests(SynchronousTestCase):
             (["--malloc-arenas", "x"], "--malloc-arenas must be"),
             (["--malloc-arenas", "-1"], "--malloc-arenas must be"),
             (["--spill-rows", "0"], "--spill-rows must be"),
+            (["--malloc-mmap-threshold", "100"], "--malloc-mmap-threshold must be"),
+            (["--malloc-mmap-threshold", "x"], "--malloc-mmap-threshold must be"),
             (["--spill-rows", "many"], "--spill-rows must be"),
         ]:
             e = self.assertRaises(tap.StartupError, tap.configFromOptions, options(*argv))
@@ -136,6 +139,54 @@ class MallocArenaTests(SynchronousTestCase):
         """
         self.assertEqual(options()["malloc-arenas"], 1)
         self.assertEqual(options("--malloc-arenas", "0")["malloc-arenas"], 0)
+
+
+_MMAP = """
+import ctypes, sys
+from directpush import tap
+if sys.argv[1] != "0" and not tap.fixMmapThreshold(int(sys.argv[1])):
+    sys.exit(3)
+# A block freed raises glibc's own threshold to its size; then blocks of
+# 64 KiB, kept, as a growing buffer would be.
+del bytearray(200 * 1024)[:]
+kept = [bytearray(64 * 1024) for _ in range(100)]
+sys.stderr.flush()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+class MallocMmapThresholdTests(SynchronousTestCase):
+    """
+    L{tap.fixMmapThreshold} and C{--malloc-mmap-threshold}.
+    """
+
+    def mapped(self, threshold: int) -> int:
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("glibc's malloc is Linux's")
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+        env["PYTHONPATH"] = ROOT.path
+        run = subprocess.run([sys.executable, "-c", _MMAP, str(threshold)], env=env, capture_output=True, timeout=60)
+        if run.returncode == 3:
+            raise SkipTest("not glibc: mallopt is not there")
+        self.assertEqual(run.returncode, 0, run.stderr)
+        found = re.search(rb"max mmap regions = +(\d+)", run.stderr)
+        assert found is not None, run.stderr
+        return int(found.group(1))
+
+    def test_blocksMapped(self) -> None:
+        """
+        With a fixed threshold of 32 KiB, most of 100 blocks of 64 KiB
+        get mappings of their own (those the heap's free top can hold do
+        not); with glibc's rising threshold they all come from the heap.
+        """
+        self.assertGreater(self.mapped(32768), self.mapped(0) + 50)
+
+    def test_option(self) -> None:
+        """
+        32 KiB by default; 0 leaves glibc's default.
+        """
+        self.assertEqual(options()["malloc-mmap-threshold"], 32768)
+        self.assertEqual(options("--malloc-mmap-threshold", "0")["malloc-mmap-threshold"], 0)
 
 
 class BuildServiceTests(SynchronousTestCase):
