@@ -143,6 +143,20 @@ class DiskTableTests(SynchronousTestCase):
         self.assertEqual([disk.uid(h) for h in disk.unmarked()], [1, 3, 5])
         self.assertEqual(list(disk.unstash()), [("x", "new", "")])
 
+    def test_spillBeforeAnyMark(self) -> None:
+        """
+        A scan that spills before it saw any known file goes on marking
+        on disk: the rows it sees afterwards are not taken for gone.
+        """
+        memory = MessageTable()
+        for uid in range(1, 4):
+            memory.add(uid, f"m{uid}", "cur", "", float(uid), uid)
+        memory.unmarkAll()
+        memory.stash("x", "cur", "")
+        disk = DiskTable.spill(self.index, memory)
+        disk.see("m2", "cur", "")
+        self.assertEqual([disk.uid(h) for h in disk.unmarked()], [1, 3])
+
     def test_foldersApart(self) -> None:
         """
         Two tables of one index hold their own rows; clearing one leaves

@@ -155,16 +155,21 @@ class DiskTable:
         stashed names.
         """
         disk = index.table()
-        disk._db.executemany(
-            "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((disk._folder, uid, name, tail, bits & ~SEEN, received, size) for uid, name, tail, bits, received, size in table.dump()),
-        )
-        disk._count = len(table)
-        if any(bits & SEEN for _, _, _, bits, _, _ in table.dump()):
-            disk.unmarkAll()
-            for uid, _, _, bits, _, _ in table.dump():
+        seen = array("I")
+
+        def rows() -> Iterator[tuple]:
+            for uid, name, tail, bits, received, size in table.dump():
                 if bits & SEEN:
-                    disk._mark(uid)
+                    seen.append(uid)
+                yield disk._folder, uid, name, tail, bits & ~SEEN, received, size
+
+        disk._db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", rows())
+        disk._count = len(table)
+        # A spill may come in the middle of a scan, perhaps before it saw
+        # any known file: from here on, its marks are the disk's.
+        disk.unmarkAll()
+        for uid in seen:
+            disk._mark(uid)
         for basename, sub, tail in table.unstash():
             disk.stash(basename, sub, tail)
         table.clear()
