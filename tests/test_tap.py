@@ -109,19 +109,27 @@ ctypes.CDLL(None).malloc_stats()
 """
 
 
+def _mallocStats(case: SynchronousTestCase, script: str, value: int, unset: str) -> bytes:
+    """
+    What glibc's malloc_stats() prints after C{script} ran with C{value},
+    in a fresh process without the environment variable C{unset}.
+    """
+    env = {k: v for k, v in os.environ.items() if k != unset}
+    env["PYTHONPATH"] = ROOT.path
+    run = subprocess.run([sys.executable, "-c", script, str(value)], env=env, capture_output=True, timeout=60)
+    if run.returncode == 3:
+        raise SkipTest("not glibc: mallopt is not there")
+    case.assertEqual(run.returncode, 0, run.stderr)
+    return run.stderr
+
+
 class MallocArenaTests(SynchronousTestCase):
     """
     L{tap.limitMallocArenas} and C{--malloc-arenas}.
     """
 
     def arenas(self, limit: int) -> int:
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-        env["PYTHONPATH"] = ROOT.path
-        run = subprocess.run([sys.executable, "-c", _ARENAS, str(limit)], env=env, capture_output=True, timeout=60)
-        if run.returncode == 3:
-            raise SkipTest("not glibc: mallopt is not there")
-        self.assertEqual(run.returncode, 0, run.stderr)
-        return run.stderr.count(b"Arena ")
+        return _mallocStats(self, _ARENAS, limit, "MALLOC_ARENA_MAX").count(b"Arena ")
 
     def test_threadsShareOneArena(self) -> None:
         """
@@ -163,14 +171,9 @@ class MallocMmapThresholdTests(SynchronousTestCase):
     def mapped(self, threshold: int) -> int:
         if not sys.platform.startswith("linux"):
             raise SkipTest("glibc's malloc is Linux's")
-        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-        env["PYTHONPATH"] = ROOT.path
-        run = subprocess.run([sys.executable, "-c", _MMAP, str(threshold)], env=env, capture_output=True, timeout=60)
-        if run.returncode == 3:
-            raise SkipTest("not glibc: mallopt is not there")
-        self.assertEqual(run.returncode, 0, run.stderr)
-        found = re.search(rb"max mmap regions = +(\d+)", run.stderr)
-        assert found is not None, run.stderr
+        stats = _mallocStats(self, _MMAP, threshold, "MALLOC_MMAP_THRESHOLD_")
+        found = re.search(rb"max mmap regions = +(\d+)", stats)
+        assert found is not None, stats
         return int(found.group(1))
 
     def test_blocksMapped(self) -> None:
